@@ -1,0 +1,286 @@
+"""The embedded demo dataset: contest-layout DNG pairs synthesised from photographs shipped offline.
+
+With no contest data at hand, every stage still needs realistic raw frames. We take the natural colour
+photographs bundled inside installed packages (scikit-image's data folder, matplotlib's sample data;
+never a download), unprocess them into clean raw mosaics (noise.unprocess), and add the organisers'
+noise at the profile's noise types. Test frames come only from photographs never used for training,
+and they also hold a noise level heavier than any in training, as the contest's test set does.
+
+Default frames are small crops at native resolution, so the whole demo runs in minutes on 2 cores;
+full-size frames (the profile's height x width) are collages of native-resolution crops, never
+upscaled, so their content repeats.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from rawdenoise.errors import InputError
+from rawdenoise.noise import NoiseLevel, contest_noise_levels, mosaic_from_rgb, quantise, random_camera, unprocess
+from rawdenoise.raw import denormalise, normalise, write_dng
+
+DEFAULT_SIZE = (384, 512)  # mosaic H x W: the contest's 3:4 shape, small enough for a CPU demo
+MAX_CROPS_PER_PHOTO = 2
+FULL_SIZE_TRAIN_SCENES = 4
+FULL_SIZE_TEST_SCENES = 2
+NOISE_CSV = "noise.csv"
+CSV_COLUMNS = [
+    "split", "index", "noisy", "gt", "scene", "source", "noise_type", "a", "b",
+    "red_gain", "blue_gain", "exposure",
+]  # fmt: skip
+
+# (package, file inside the package, split). Only natural colour photographs; the two test photos are
+# never seen in training. Files missing from an installed version are skipped.
+PHOTO_SOURCES = [
+    ("skimage", "data/astronaut.png", "train"),
+    ("skimage", "data/chelsea.png", "train"),
+    ("skimage", "data/hubble_deep_field.jpg", "train"),
+    ("skimage", "data/motorcycle_left.png", "train"),
+    ("skimage", "data/motorcycle_right.png", "train"),
+    ("skimage", "data/retina.jpg", "train"),
+    ("skimage", "data/ihc.png", "train"),
+    ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg", "train"),
+    ("skimage", "data/coffee.png", "test"),
+    ("skimage", "data/rocket.jpg", "test"),
+]
+
+
+@dataclass(frozen=True)
+class Photo:
+    name: str
+    path: Path
+    split: str
+
+    def load(self) -> np.ndarray:
+        """float32 sRGB in [0, 1], (H, W, 3)."""
+        from skimage.io import imread
+
+        image = imread(self.path)
+        if image.ndim != 3 or image.shape[2] < 3:
+            raise InputError(f"{self.path}: not a colour photograph (shape {image.shape})")
+        return image[..., :3].astype(np.float32) / 255.0
+
+
+def bundled_photos() -> list[Photo]:
+    photos = []
+    for package, relative, split in PHOTO_SOURCES:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        path = Path(spec.submodule_search_locations[0]) / relative
+        if path.is_file():
+            photos.append(Photo(Path(relative).stem, path, split))
+    return photos
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What one ground-truth frame shows: a crop of one photo, or a collage (crop is None)."""
+
+    photos: tuple[Photo, ...]
+    crop: tuple[int, int] | None  # (top, left) for a single-photo crop
+
+    @property
+    def source(self) -> str:
+        if self.crop is None:
+            return "collage:" + "+".join(p.name for p in self.photos)
+        return f"{self.photos[0].name}@{self.crop[0]},{self.crop[1]}"
+
+
+def crop_scenes(photos: list[Photo], size: tuple[int, int], shapes: dict[str, tuple[int, int]]) -> list[Scene]:
+    """Up to MAX_CROPS_PER_PHOTO non-overlapping native-resolution crops of each photo that is large enough."""
+    h, w = size
+    scenes = []
+    for photo in photos:
+        ph, pw = shapes[photo.name]
+        rows, cols = ph // h, pw // w
+        if rows == 0 or cols == 0:
+            continue
+        top0, left0 = (ph - rows * h) // 2, (pw - cols * w) // 2  # centre the grid of crops
+        grid = [(top0 + r * h, left0 + c * w) for r in range(rows) for c in range(cols)]
+        picks = np.linspace(0, len(grid) - 1, min(MAX_CROPS_PER_PHOTO, len(grid))).round().astype(int)
+        scenes.extend(Scene((photo,), grid[k]) for k in sorted(set(picks.tolist())))
+    return scenes
+
+
+def collage(photos: list[Photo], size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A frame of `size` tiled with random native-resolution crops (randomly mirrored) of `photos`."""
+    images = [p.load() for p in photos]
+    min_h = min(im.shape[0] for im in images)
+    min_w = min(im.shape[1] for im in images)
+    h, w = size
+    row_edges = np.linspace(0, h, -(-h // min_h) + 1).astype(int)
+    col_edges = np.linspace(0, w, -(-w // min_w) + 1).astype(int)
+    canvas = np.empty((h, w, 3), dtype=np.float32)
+    for r0, r1 in zip(row_edges[:-1], row_edges[1:]):
+        for c0, c1 in zip(col_edges[:-1], col_edges[1:]):
+            image = images[rng.integers(len(images))]
+            top = rng.integers(image.shape[0] - (r1 - r0) + 1)
+            left = rng.integers(image.shape[1] - (c1 - c0) + 1)
+            cell = image[top : top + r1 - r0, left : left + c1 - c0]
+            canvas[r0:r1, c0:c1] = cell[:, ::-1] if rng.random() < 0.5 else cell
+    return canvas
+
+
+@dataclass(frozen=True)
+class Job:
+    """One pair to write: the scene, its noise, and its names in the layout."""
+
+    split: str  # "train" or "test"
+    index: int
+    scene_index: int
+    scene: Scene
+    noise_type: str  # "0".."types-1", or "heavy" (test only)
+    level: NoiseLevel
+
+
+def plan(contest, size: tuple[int, int], full_size: bool) -> list[Job]:
+    photos = bundled_photos()
+    train = [p for p in photos if p.split == "train"]
+    test = [p for p in photos if p.split == "test"]
+    if not train or not test:
+        raise InputError("the bundled photographs are missing: is scikit-image installed?")
+    if full_size:
+        train_scenes = [Scene(tuple(train), None)] * FULL_SIZE_TRAIN_SCENES
+        test_scenes = [Scene(tuple(test), None)] * FULL_SIZE_TEST_SCENES
+    else:
+        shapes = {p.name: _image_shape(p.path) for p in photos}
+        train_scenes = crop_scenes(train, size, shapes)
+        test_scenes = crop_scenes(test, size, shapes)
+        if not train_scenes or not test_scenes:
+            raise InputError(
+                f"frame size {size[0]}x{size[1]} is larger than the bundled photographs; "
+                f"use at most {max(s[0] for s in shapes.values())}x{max(s[1] for s in shapes.values())}"
+            )
+    levels, heavy = contest_noise_levels(contest)
+    jobs = []
+    for s, scene in enumerate(train_scenes):
+        for t, level in enumerate(levels):
+            jobs.append(Job("train", s * len(levels) + t, s, scene, str(t), level))
+    test_levels = [(str(t), level) for t, level in enumerate(levels)] + [("heavy", heavy)]
+    for s, scene in enumerate(test_scenes):
+        for t, (name, level) in enumerate(test_levels):
+            jobs.append(Job("test", s * len(test_levels) + t, s, scene, name, level))
+    return jobs
+
+
+def _image_shape(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.height, image.width
+
+
+def _rng(seed: int, split: str, purpose: str, index: int) -> np.random.Generator:
+    """An independent stream per (seed, split, purpose, index): results never depend on job order."""
+    return np.random.default_rng([seed, ("train", "test").index(split), ("camera", "noise", "scene").index(purpose), index])
+
+
+def clean_mosaic(job: Job, contest, size: tuple[int, int], seed: int) -> tuple[np.ndarray, object]:
+    """The ground-truth uint16 mosaic of a job's scene, and the synthetic camera that took it."""
+    if job.scene.crop is None:
+        srgb = collage(list(job.scene.photos), size, _rng(seed, job.split, "scene", job.scene_index))
+    else:
+        top, left = job.scene.crop
+        srgb = job.scene.photos[0].load()[top : top + size[0], left : left + size[1]]
+    camera = random_camera(_rng(seed, job.split, "camera", job.scene_index))
+    linear = mosaic_from_rgb(unprocess(srgb, camera), contest.cfa)
+    return denormalise(linear, contest.black_array, contest.white), camera
+
+
+def _write_job(job: Job, out: Path, contest, size: tuple[int, int], seed: int, cache: dict) -> dict:
+    key = (job.split, job.scene_index)
+    if key not in cache:  # the five noise types of a scene share its clean frame
+        cache.clear()
+        cache[key] = clean_mosaic(job, contest, size, seed)
+    gt, camera = cache[key]
+    black, white = contest.black_array, contest.white
+    noisy = quantise(job.level.sample(normalise(gt, black, white), _rng(seed, job.split, "noise", job.index)), black, white)
+    layout = contest.layout
+    noisy_pattern, gt_pattern = (
+        (layout.train_noisy, layout.train_gt) if job.split == "train" else (layout.test_noisy, layout.test_gt)
+    )
+    tags = dict(as_shot_neutral=camera.as_shot_neutral, color_matrix=camera.xyz_to_camera)
+    write_dng(gt_pattern.path(out, job.index), gt, contest.cfa, black, white, **tags)
+    write_dng(
+        noisy_pattern.path(out, job.index), noisy, contest.cfa, black, white,
+        noise_profile=(job.level.a, job.level.b), **tags,
+    )  # fmt: skip
+    return {
+        "split": job.split,
+        "index": job.index,
+        "noisy": noisy_pattern.path(".", job.index).as_posix().removeprefix("./"),
+        "gt": gt_pattern.path(".", job.index).as_posix().removeprefix("./"),
+        "scene": job.scene_index,
+        "source": job.scene.source,
+        "noise_type": job.noise_type,
+        "a": repr(job.level.a),
+        "b": repr(job.level.b),
+        "red_gain": f"{camera.red_gain:.6f}",
+        "blue_gain": f"{camera.blue_gain:.6f}",
+        "exposure": f"{camera.exposure:.6f}",
+    }
+
+
+def _check_destination(out: Path) -> None:
+    """Refuse to replace a folder that is not a previous demo set: it may hold real contest data."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / NOISE_CSV).is_file())):
+        raise InputError(f"{out}: exists and is not a demo dataset (no {NOISE_CSV}); choose an empty or new folder")
+
+
+def make_demo_dataset(
+    out: str | Path,
+    contest,
+    *,
+    size: tuple[int, int] | None = None,
+    full_size: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Write the demo set in the contest's layout (plus noise.csv) to `out`, replacing a previous demo.
+
+    The set is built in a hidden sibling folder and swapped in only when complete, so an interrupted
+    run never leaves a folder that looks like a finished dataset.
+    """
+    out = Path(out)
+    if full_size:
+        size = (contest.height, contest.width)
+    size = tuple(size or DEFAULT_SIZE)
+    if len(size) != 2 or size[0] <= 0 or size[1] <= 0 or size[0] % 2 or size[1] % 2:
+        raise InputError(f"frame size {size} must be two positive even numbers (a 2x2 CFA)")
+    _check_destination(out)
+    jobs = plan(contest, size, full_size)
+    staging = out.parent / f".{out.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    rows, cache = [], {}
+    for job in tqdm(jobs, desc="demo data", unit="pair", disable=not progress):
+        rows.append(_write_job(job, staging, contest, size, seed, cache))
+    with open(staging / NOISE_CSV, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    _swap_in(staging, out)
+    return out
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    old = out.parent / f".{out.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_noise_csv(root: str | Path) -> Iterator[dict]:
+    with open(Path(root) / NOISE_CSV, newline="") as f:
+        yield from csv.DictReader(f)

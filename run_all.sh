@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The whole contest in one command: set-up, then every stage in order, each skipped when its outputs
+# are complete for the same command and inputs (a .done stamp written last).
+#
+#   ./run_all.sh [--data DIR] [--contest NAME] [--recipe NAME] [--from STAGE | --only STAGE] [--full-size]
+#
+# Stages so far: setup (a local .venv with requirements.txt), data (the demo set in work/demo/, only
+# when no --data is given). Later stages (patches, train, size, predict, pack, score) join as they land.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+STAGES=(setup data)
+PYTHON_BIN="${PYTHON:-python3.11}"
+VENV=.venv
+DATA=""
+CONTEST=zte2022
+RECIPE=demo
+FROM=""
+ONLY=""
+FULL_SIZE=""
+
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+die() { echo "run_all.sh: $*" >&2; exit 2; }
+is_stage() { local s; for s in "${STAGES[@]}"; do [[ "$s" == "$1" ]] && return 0; done; return 1; }
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --data) DATA="${2:?--data needs a folder}"; shift 2 ;;
+    --contest) CONTEST="${2:?--contest needs a name or path}"; shift 2 ;;
+    --recipe) RECIPE="${2:?--recipe needs a name}"; shift 2 ;;
+    --from) FROM="${2:?--from needs a stage}"; shift 2 ;;
+    --only) ONLY="${2:?--only needs a stage}"; shift 2 ;;
+    --full-size) FULL_SIZE=1; shift ;;
+    -h|--help) usage; echo "stages: ${STAGES[*]}"; exit 0 ;;
+    *) die "unknown argument '$1' (see --help)" ;;
+  esac
+done
+[[ -z "$FROM" || -z "$ONLY" ]] || die "--from and --only contradict each other; give one"
+for s in "$FROM" "$ONLY"; do
+  [[ -z "$s" ]] || is_stage "$s" || die "unknown stage '$s'; stages: ${STAGES[*]}"
+done
+if [[ -n "$DATA" && ! -d "$DATA" ]]; then die "--data $DATA: folder not found"; fi
+export RUN_ALL_RECIPE="$RECIPE"  # read by the training stages once they exist
+
+# Which stages run: all, those from --from on, or just --only. setup always runs first (it is cheap
+# when nothing changed) because every other stage needs the environment.
+selected() {
+  local stage="$1"
+  if [[ -n "$ONLY" ]]; then [[ "$stage" == "$ONLY" || "$stage" == setup ]]; return; fi
+  if [[ -n "$FROM" ]]; then
+    local s seen=""
+    for s in "${STAGES[@]}"; do [[ "$s" == "$FROM" ]] && seen=1; [[ "$s" == "$stage" ]] && break; done
+    [[ -n "$seen" || "$stage" == setup ]]; return
+  fi
+  return 0
+}
+
+hash_files() { sha256sum "$@" 2>/dev/null | sha256sum | cut -c1-16; }
+
+# A stamp records the command and a hash of everything the stage read; equal stamp = skip.
+stamp_matches() { [[ -f "$1" ]] && [[ "$(cat "$1")" == "$2" ]]; }
+write_stamp() { printf '%s' "$2" > "$1.tmp" && mv "$1.tmp" "$1"; }
+
+stage_setup() {
+  command -v "$PYTHON_BIN" >/dev/null || die "$PYTHON_BIN not found: install Python 3.11 (torch 2.13.0's wheel is for 3.11)"
+  if [[ ! -x "$VENV/bin/python" ]]; then
+    echo "creating $VENV with $PYTHON_BIN"
+    "$PYTHON_BIN" -m venv "$VENV"
+  fi
+  local stamp
+  stamp="requirements $(hash_files requirements.txt pyproject.toml) python $("$VENV/bin/python" -V 2>&1)"
+  if stamp_matches "$VENV/.setup.done" "$stamp"; then
+    echo "environment up to date ($VENV)"
+    return
+  fi
+  echo "installing requirements.txt into $VENV (first run, or requirements changed)"
+  "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q -r requirements.txt \
+    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+  write_stamp "$VENV/.setup.done" "$stamp"
+}
+
+stage_data() {
+  if [[ -n "$DATA" ]]; then
+    echo "using contest data in $DATA (no demo set needed)"
+    return
+  fi
+  local out=work/demo args=(--out work/demo --contest "$CONTEST" --quiet)
+  [[ -n "$FULL_SIZE" ]] && args+=(--full-size)
+  local stamp
+  stamp="make_demo_data ${args[*]} $(hash_files tools/make_demo_data.py rawdenoise/demo.py rawdenoise/noise.py rawdenoise/raw.py "$("$VENV/bin/python" -c 'import sys; from rawdenoise.contest import resolve_contest_path as r; print(r(sys.argv[1]))' "$CONTEST")")"
+  if stamp_matches "$out/.done" "$stamp"; then
+    echo "demo data up to date in $out"
+    return
+  fi
+  "$VENV/bin/python" tools/make_demo_data.py "${args[@]}"
+  write_stamp "$out/.done" "$stamp"
+}
+
+declare -a TIMES=()
+for stage in "${STAGES[@]}"; do
+  selected "$stage" || continue
+  echo "==> $stage"
+  start=$(date +%s.%N)
+  "stage_$stage"
+  took=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+  TIMES+=("$stage $took")
+  echo "    $stage done in ${took}s"
+done
+
+echo
+echo "stage        seconds"
+for row in "${TIMES[@]}"; do printf '%-12s %7s\n' ${row}; done

@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import csv
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rawdenoise import InputError
+from rawdenoise.contest import load_contest
+from rawdenoise.demo import NOISE_CSV, make_demo_dataset, read_noise_csv
+from rawdenoise.raw import read
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = (128, 192)
+
+
+@pytest.fixture(scope="module")
+def zte_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "zte"
+    return make_demo_dataset(out, load_contest("zte2022"), size=SMALL, seed=3, progress=False)
+
+
+def test_demo_set_has_the_contest_layout_and_levels(contest, tmp_path):
+    out = make_demo_dataset(tmp_path / "demo", contest, size=SMALL, seed=0, progress=False)
+    layout = contest.layout
+    train_noisy, train_gt = layout.train_noisy.find(out), layout.train_gt.find(out)
+    test_noisy, test_gt = layout.test_noisy.find(out), layout.test_gt.find(out)
+    assert list(train_noisy) == list(train_gt) == list(range(len(train_noisy)))
+    assert list(test_noisy) == list(test_gt) and len(test_noisy) >= contest.noise.types + 1
+    assert len(train_noisy) % contest.noise.types == 0 and len(train_noisy) >= 5 * contest.noise.types
+    assert layout.test_gt.folder != layout.test_noisy.folder  # test ground truth lives apart
+    for path in (train_noisy[0], train_gt[0], test_noisy[0], test_gt[0]):
+        frame = read(path, contest)  # CFA and levels agree with the profile, or this raises
+        assert frame.mosaic.shape == SMALL
+        assert frame.mosaic.min() >= contest.black_array.min() and frame.mosaic.max() <= contest.white
+    assert not list(tmp_path.glob(".*")), "staging folder left behind"
+
+
+def test_noise_csv_matches_the_files_and_the_noise_in_them(zte_demo):
+    contest = load_contest("zte2022")
+    rows = list(read_noise_csv(zte_demo))
+    assert {r["split"] for r in rows} == {"train", "test"}
+    train_types = {r["noise_type"] for r in rows if r["split"] == "train"}
+    assert train_types == {str(t) for t in range(contest.noise.types)}
+    heavy = [r for r in rows if r["noise_type"] == "heavy"]
+    assert heavy and all(r["split"] == "test" for r in heavy)
+    assert max(float(r["a"]) for r in heavy) > max(float(r["a"]) for r in rows if r["split"] == "train")
+    for row in rows[:: max(1, len(rows) // 8)]:
+        noisy, gt = read(zte_demo / row["noisy"], contest), read(zte_demo / row["gt"], contest)
+        a, b = float(row["a"]), float(row["b"])
+        assert noisy.noise_profile == (a, b)
+        x = gt.packed()
+        residual = noisy.packed() - x
+        mid = (x > 0.1) & (x < 0.9)  # away from clipping at black and white
+        if mid.sum() < 2000:
+            continue
+        expected = a * x[mid] + b + 1 / (12 * (contest.white - 1024) ** 2)  # + rounding to DN
+        assert residual[mid].var() == pytest.approx(expected.mean(), rel=0.1)
+
+
+def test_test_frames_come_from_photographs_never_used_in_training(zte_demo):
+    rows = list(read_noise_csv(zte_demo))
+    photo = lambda source: source.split("@")[0]  # noqa: E731
+    train = {photo(r["source"]) for r in rows if r["split"] == "train"}
+    test = {photo(r["source"]) for r in rows if r["split"] == "test"}
+    assert test and train and not train & test
+
+
+def test_the_same_seed_gives_the_same_bytes_and_another_seed_does_not(zte_demo, tmp_path):
+    contest = load_contest("zte2022")
+    again = make_demo_dataset(tmp_path / "again", contest, size=SMALL, seed=3, progress=False)
+    other = make_demo_dataset(tmp_path / "other", contest, size=SMALL, seed=4, progress=False)
+    files = sorted(p.relative_to(zte_demo) for p in zte_demo.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    for rel in files:
+        assert (zte_demo / rel).read_bytes() == (again / rel).read_bytes(), rel
+    assert (zte_demo / "noisy/0_noise.dng").read_bytes() != (other / "noisy/0_noise.dng").read_bytes()
+
+
+def test_regenerating_replaces_a_demo_but_never_a_foreign_folder(tmp_path):
+    contest = load_contest("zte2022")
+    out = make_demo_dataset(tmp_path / "demo", contest, size=SMALL, progress=False)
+    stale = out / "noisy" / "999_noise.dng"
+    stale.write_bytes(b"left over")
+    make_demo_dataset(out, contest, size=SMALL, progress=False)
+    assert not stale.exists(), "a regenerated demo keeps files from the previous one"
+    real = tmp_path / "contest_data"
+    (real / "noisy").mkdir(parents=True)
+    (real / "noisy" / "0_noise.dng").write_bytes(b"precious")
+    with pytest.raises(InputError, match="contest_data.*not a demo dataset"):
+        make_demo_dataset(real, contest, size=SMALL, progress=False)
+    assert (real / "noisy" / "0_noise.dng").read_bytes() == b"precious"
+
+
+def test_full_size_frames_are_collages_at_the_profiles_size(tmp_path, monkeypatch):
+    import rawdenoise.demo as demo
+
+    contest = load_contest("rggb12_example")
+    monkeypatch.setattr(demo, "FULL_SIZE_TRAIN_SCENES", 1)
+    monkeypatch.setattr(demo, "FULL_SIZE_TEST_SCENES", 1)
+    small = dataclasses.replace(contest, height=640, width=960)  # the full-size code path, smaller
+    out = make_demo_dataset(tmp_path / "full", small, full_size=True, progress=False)
+    frame = read(small.layout.train_gt.path(out, 0), small)
+    assert frame.mosaic.shape == (640, 960)
+    rows = list(read_noise_csv(out))
+    assert all(r["source"].startswith("collage:") for r in rows)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "make_demo_data.py"), *args],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+
+
+def test_cli_writes_the_set_and_reports_it(tmp_path):
+    result = run_cli("--out", str(tmp_path / "d"), "--size", "128x192", "--quiet", "--contest", "rggb12_example")
+    assert result.returncode == 0, result.stderr
+    assert "training pairs" in result.stdout and (tmp_path / "d" / NOISE_CSV).is_file()
+    with open(tmp_path / "d" / NOISE_CSV) as f:
+        assert len(list(csv.DictReader(f))) > 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--size", "127x192"], "even"),
+        (["--size", "4000x4000"], "larger than the bundled photographs"),
+        (["--contest", "nope"], "unknown contest"),
+        (["--size", "big"], "expected HxW"),
+    ],
+)
+def test_cli_bad_arguments_exit_2_with_a_message_and_no_traceback(tmp_path, args, message):
+    result = run_cli("--out", str(tmp_path / "d"), "--quiet", *args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "d").exists()
