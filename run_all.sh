@@ -84,8 +84,9 @@ stage_data() {
     echo "using contest data in $DATA (no demo set needed)"
     return
   fi
-  local out=work/demo args=(--out work/demo --contest "$CONTEST" --quiet)
+  local out=work/demo args=(--out work/demo --contest "$CONTEST")
   [[ -n "$FULL_SIZE" ]] && args+=(--full-size)
+  [[ -t 2 ]] || args+=(--quiet)  # a progress bar only where someone watches
   local stamp
   stamp="make_demo_data ${args[*]} $(hash_files tools/make_demo_data.py rawdenoise/demo.py rawdenoise/noise.py rawdenoise/raw.py "$("$VENV/bin/python" -c 'import sys; from rawdenoise.contest import resolve_contest_path as r; print(r(sys.argv[1]))' "$CONTEST")")"
   if stamp_matches "$out/.done" "$stamp"; then
