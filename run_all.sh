@@ -86,13 +86,13 @@ stage_data() {
   fi
   local out=work/demo args=(--out work/demo --contest "$CONTEST")
   [[ -n "$FULL_SIZE" ]] && args+=(--full-size)
-  [[ -t 2 ]] || args+=(--quiet)  # a progress bar only where someone watches
   local stamp
   stamp="make_demo_data ${args[*]} $(hash_files tools/make_demo_data.py rawdenoise/demo.py rawdenoise/noise.py rawdenoise/raw.py "$("$VENV/bin/python" -c 'import sys; from rawdenoise.contest import resolve_contest_path as r; print(r(sys.argv[1]))' "$CONTEST")")"
   if stamp_matches "$out/.done" "$stamp"; then
     echo "demo data up to date in $out"
     return
   fi
+  [[ -t 2 ]] || args+=(--quiet)  # a progress bar only where someone watches; not part of the stamp
   "$VENV/bin/python" tools/make_demo_data.py "${args[@]}"
   write_stamp "$out/.done" "$stamp"
 }
