@@ -7,6 +7,7 @@ normalised values are `(dn - black) / (white - black)`; going back rounds and cl
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,9 +123,20 @@ class RawFrame:
 def read(path: str | os.PathLike, contest=None) -> RawFrame:
     """Read a Bayer DNG. With a contest profile, its CFA and levels must agree with the profile's."""
     path = Path(path)
-    layout = locate_raw(path)  # not a DNG, no CFA image, truncated: InputError naming the file
     try:
-        with rawpy.imread(str(path)) as raw:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({err.strerror})") from None
+    return decode(data, path, contest)
+
+
+def decode(data: bytes, name: str | os.PathLike, contest=None) -> RawFrame:
+    """Decode a DNG held in memory (a zip member, say); `name` is what messages call it."""
+    layout = locate_raw(data, str(name))  # not a DNG, no CFA image, truncated: InputError naming it
+    try:
+        with rawpy.imread(io.BytesIO(data)) as raw:
             mosaic = np.array(raw.raw_image_visible, dtype=np.uint16, copy=True)
             pattern = np.array(raw.raw_pattern)
             colours = raw.color_desc.decode("ascii", "replace")
@@ -132,21 +144,21 @@ def read(path: str | os.PathLike, contest=None) -> RawFrame:
             white = int(raw.white_level)
             full_shape = raw.raw_image.shape
     except rawpy.LibRawError as err:
-        raise InputError(f"{path}: rawpy cannot decode it ({type(err).__name__}: {err})") from None
+        raise InputError(f"{name}: rawpy cannot decode it ({type(err).__name__}: {err})") from None
     if pattern.shape != (2, 2) or sorted(pattern.ravel().tolist()) != [0, 1, 2, 3] or colours != "RGBG":
-        raise InputError(f"{path}: not a 2x2 Bayer CFA (raw_pattern {pattern.tolist()}, colours {colours!r})")
+        raise InputError(f"{name}: not a 2x2 Bayer CFA (raw_pattern {pattern.tolist()}, colours {colours!r})")
     if mosaic.shape != full_shape or mosaic.shape != (layout.height, layout.width):
         raise InputError(
-            f"{path}: DNG with margins or crop (visible {mosaic.shape}, stored {layout.height}x{layout.width}) "
+            f"{name}: DNG with margins or crop (visible {mosaic.shape}, stored {layout.height}x{layout.width}) "
             "is not supported"
         )
     try:
         _check_mosaic(mosaic)
     except ValueError as err:
-        raise InputError(f"{path}: {err}") from None
+        raise InputError(f"{name}: {err}") from None
     cfa = "".join(colours[i] for i in pattern.ravel())
     black = np.array([[black_per_colour[pattern[r, c]] for c in range(2)] for r in range(2)], dtype=np.int64)
-    frame = RawFrame(mosaic, cfa, black, white, path, layout.noise_profile)
+    frame = RawFrame(mosaic, cfa, black, white, Path(name), layout.noise_profile)
     if contest is not None:
         contest.check_frame(frame)
     return frame

@@ -9,6 +9,7 @@ the file, and reports the layout; raw.write_back uses it to overwrite exactly th
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from dataclasses import dataclass
@@ -61,7 +62,7 @@ class Segment:
 
 @dataclass(frozen=True)
 class RawLayout:
-    path: Path
+    path: Path | str
     byteorder: str  # "<" or ">"
     height: int
     width: int
@@ -77,10 +78,10 @@ class RawLayout:
 
 
 class _Reader:
-    def __init__(self, path: Path, f):
+    def __init__(self, path: Path | str, f):
         self.path = path
         self.f = f
-        self.size = os.fstat(f.fileno()).st_size
+        self.size = f.seek(0, io.SEEK_END)
         head = self._read(0, 8, "header")
         if head[:2] == b"II":
             self.bo = "<"
@@ -165,19 +166,23 @@ def _all_ifds(reader: _Reader) -> list[dict]:
     return found
 
 
-def locate_raw(path: str | os.PathLike) -> RawLayout:
+def locate_raw(source: str | os.PathLike | bytes, name: str | None = None) -> RawLayout:
     """Find the full-resolution CFA image of a DNG and where each of its strips or tiles lies.
 
-    Raises InputError for a file that is not a DNG, has no CFA image, or whose declared pixel ranges
-    run past the end of the file (truncated).
+    `source` is a path or the file's bytes (then `name` says what to call it in messages). Raises
+    InputError for a file that is not a DNG, has no CFA image, or whose declared pixel ranges run
+    past the end of the file (truncated).
     """
-    path = Path(path)
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except OSError as err:
-        raise InputError(f"{path}: cannot open ({err.strerror})") from None
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        path, f = name or "<bytes>", io.BytesIO(source)
+    else:
+        path = Path(source)
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file") from None
+        except OSError as err:
+            raise InputError(f"{path}: cannot open ({err.strerror})") from None
     with f:
         reader = _Reader(path, f)
         ifds = _all_ifds(reader)

@@ -1,0 +1,203 @@
+"""Score a set of predictions against ground truth, as the contest does: pair, check, measure, average.
+
+Predictions come from a submission zip (read in memory, never extracted), a run folder holding
+result.zip, or a plain folder of DNGs (the submission's output names, or the test inputs themselves
+for the "do nothing" entry). Frames are scored in worker processes, one pair in memory per worker.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rawdenoise.contest import FilePattern, load_contest
+from rawdenoise.errors import InputError
+from rawdenoise.metrics import frame_metrics, limit_threads_for_workers, summarise
+from rawdenoise.raw import decode, read
+from rawdenoise.submission import MAX_IMAGE_BYTES, SubmissionZip, open_submission
+
+CROP = 256  # mosaic pixels per side of the report's crops
+
+
+@dataclass(frozen=True)
+class Pair:
+    index: int
+    name: str  # the prediction's file stem, e.g. "denoise3"
+    gt: Path
+    pred_path: Path  # a DNG on disk, or the zip
+    member: str | None = None  # the DNG inside the zip
+    noisy: Path | None = None  # for the report's crops
+
+    @property
+    def where(self) -> str:
+        return f"{self.pred_path}:{self.member}" if self.member else str(self.pred_path)
+
+
+@dataclass
+class ImageResult:
+    index: int
+    name: str
+    psnr: float
+    ssim: float
+    score: float
+    crops: dict | None = None  # "gt", "pred", optional "noisy": (4, h, w) normalised, plus "black"/"white"
+
+
+@dataclass
+class Predictions:
+    pairs: list[Pair]
+    source: str  # "zip", "folder" or "noisy"
+    submission: SubmissionZip | None
+
+
+def bare(pattern: FilePattern) -> FilePattern:
+    return FilePattern(Path(pattern.pattern).name)
+
+
+def resolve(pred: str | Path, gt_dir: str | Path, contest, noisy_dir: str | Path | None = None) -> Predictions:
+    """Pair every ground-truth frame in gt_dir with its prediction; missing or extra images are errors."""
+    pred, gt_dir = Path(pred), Path(gt_dir)
+    if not gt_dir.is_dir():
+        raise InputError(f"{gt_dir}: ground-truth folder not found")
+    gts = bare(contest.layout.test_gt).find(gt_dir)
+    if not gts:
+        raise InputError(f"{gt_dir}: no ground truth named like {bare(contest.layout.test_gt).pattern}")
+    noisy = bare(contest.layout.test_noisy).find(noisy_dir) if noisy_dir and Path(noisy_dir).is_dir() else {}
+    submission = None
+    if pred.is_dir() and (pred / "result.zip").is_file():
+        pred = pred / "result.zip"  # a run folder
+    if pred.is_file():
+        submission = open_submission(pred, contest)
+        found = {i: (pred, member) for i, member in submission.images.items()}
+        source, label = "zip", f"{pred} ({contest.submission.data_dir}/)"
+    elif pred.is_dir():
+        found, source = {}, "folder"
+        for source_name, pattern in (("folder", contest.submission.output), ("noisy", contest.layout.test_noisy)):
+            files = bare(pattern).find(pred)
+            if files:
+                found, source = {i: (p, None) for i, p in files.items()}, source_name
+                break
+        label = str(pred)
+    else:
+        raise InputError(f"{pred}: no such zip, run folder or folder of predictions")
+    missing = sorted(set(gts) - set(found))
+    extra = sorted(set(found) - set(gts))
+    names = bare(contest.submission.output) if source != "noisy" else bare(contest.layout.test_noisy)
+    if missing:
+        raise InputError(f"{label}: missing predictions {', '.join(names.name(i) for i in missing)}")
+    if extra:
+        raise InputError(f"{label}: predictions without ground truth: {', '.join(names.name(i) for i in extra)}")
+    pairs = [
+        Pair(i, Path(names.name(i)).stem, gts[i], found[i][0], found[i][1], noisy.get(i)) for i in sorted(gts)
+    ]
+    return Predictions(pairs, source, submission)
+
+
+def _read_prediction(pair: Pair, contest):
+    if pair.member is None:
+        return read(pair.pred_path, contest)
+    zipped = SubmissionZip(pair.pred_path, {})
+    return decode(zipped.read(pair.member, MAX_IMAGE_BYTES), pair.where, contest)
+
+
+def _worst_block(gt: np.ndarray, pred: np.ndarray) -> tuple[int, int]:
+    """Top-left of the CROP x CROP block with the largest squared error: where a report should look."""
+    h, w = gt.shape
+    size = min(CROP, h - h % 2, w - w % 2)
+    bh, bw = h // size, w // size
+    diff = gt[: bh * size, : bw * size].astype(np.float64) - pred[: bh * size, : bw * size]
+    sse = (diff * diff).reshape(bh, size, bw, size).sum(axis=(1, 3))
+    r, c = np.unravel_index(int(np.argmax(sse)), sse.shape)
+    return int(r * size), int(c * size)
+
+
+def score_pair(pair: Pair, contest, crops: bool = False) -> ImageResult:
+    gt = read(pair.gt, contest)
+    pred = _read_prediction(pair, contest)
+    if pred.mosaic.shape != gt.mosaic.shape:
+        raise InputError(f"{pair.where}: shape {pred.mosaic.shape} differs from {pair.gt.name}'s {gt.mosaic.shape}")
+    low = (pred.mosaic.reshape(-1, 2, pred.mosaic.shape[1] // 2, 2) < pred.black[None, :, None, :]).sum()
+    high = int((pred.mosaic > pred.white).sum())
+    if low or high:
+        raise InputError(
+            f"{pair.where}: {int(low)} values below the black level and {high} above the white level "
+            f"{pred.white}; predictions must lie in [black, white]"
+        )
+    psnr, ssim = frame_metrics(gt.mosaic, pred.mosaic, contest)
+    result = ImageResult(pair.index, pair.name, psnr, ssim, contest.score(min(psnr, contest.metric.psnr_cap), ssim))
+    if crops:
+        top, left = _worst_block(gt.mosaic, pred.mosaic)
+        size = min(CROP, gt.mosaic.shape[0], gt.mosaic.shape[1])
+        window = (slice(top // 2, (top + size) // 2), slice(left // 2, (left + size) // 2))
+        result.crops = {"gt": gt.packed()[:, window[0], window[1]], "pred": pred.packed()[:, window[0], window[1]]}
+        if pair.noisy is not None:
+            noisy = read(pair.noisy, contest)
+            if noisy.mosaic.shape == gt.mosaic.shape:
+                result.crops["noisy"] = noisy.packed()[:, window[0], window[1]]
+    return result
+
+
+_worker_contest = None
+
+
+def _init_worker(contest_path: str, workers: int) -> None:
+    global _worker_contest
+    _worker_contest = load_contest(contest_path)
+    limit_threads_for_workers(workers)
+
+
+def _score_in_worker(pair: Pair, crops: bool) -> ImageResult:
+    return score_pair(pair, _worker_contest, crops)
+
+
+def default_workers(n_pairs: int) -> int:
+    return max(1, min(n_pairs, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def score_pairs(pairs: list[Pair], contest, workers: int | None = None, crops: bool = False, progress=None):
+    """ImageResults in index order; frames run in `workers` processes (default: one per core)."""
+    workers = workers or default_workers(len(pairs))
+    if workers <= 1 or len(pairs) <= 1:
+        results = []
+        for pair in pairs:
+            results.append(score_pair(pair, contest, crops))
+            if progress:
+                progress(1)
+        return results
+    context = multiprocessing.get_context("spawn")  # clean workers: no inherited threads or locks
+    with ProcessPoolExecutor(workers, context, _init_worker, (str(contest.path), workers)) as pool:
+        futures = [pool.submit(_score_in_worker, pair, crops) for pair in pairs]
+        results = []
+        for future in futures:
+            results.append(future.result())  # the first failure, in index order, stops the run
+            if progress:
+                progress(1)
+        return results
+
+
+@dataclass
+class Totals:
+    psnr: float
+    ssim: float
+    score: float
+
+
+def totals(results: list[ImageResult], contest) -> Totals:
+    return Totals(*summarise([r.psnr for r in results], [r.ssim for r in results], contest))
+
+
+def as_json(results: list[ImageResult], summary: Totals) -> dict:
+    """The --json document: infinite PSNR is null; means and score already cap it."""
+    finite = lambda v: None if math.isinf(v) else v  # noqa: E731
+    return {
+        "images": [{"name": r.name, "psnr": finite(r.psnr), "ssim": r.ssim, "score": r.score} for r in results],
+        "psnr": summary.psnr,
+        "ssim": summary.ssim,
+        "score": summary.score,
+    }
