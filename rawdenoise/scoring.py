@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from itertools import islice
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,30 +119,90 @@ def _worst_block(gt: np.ndarray, pred: np.ndarray) -> tuple[int, int]:
     return int(r * size), int(c * size)
 
 
-def score_pair(pair: Pair, contest, crops: bool = False) -> ImageResult:
+@dataclass
+class LoadedPair:
+    pair: Pair
+    gt: object  # RawFrame
+    pred: object
+    noisy: object | None
+
+
+def load_pair(pair: Pair, contest, with_noisy: bool = False) -> LoadedPair:
+    """Read and check one pair: the prediction must match its ground truth's shape and lie in [black, white]."""
     gt = read(pair.gt, contest)
     pred = _read_prediction(pair, contest)
     if pred.mosaic.shape != gt.mosaic.shape:
         raise InputError(f"{pair.where}: shape {pred.mosaic.shape} differs from {pair.gt.name}'s {gt.mosaic.shape}")
-    low = (pred.mosaic.reshape(-1, 2, pred.mosaic.shape[1] // 2, 2) < pred.black[None, :, None, :]).sum()
-    high = int((pred.mosaic > pred.white).sum())
-    if low or high:
+    tiles = pred.mosaic.reshape(-1, 2, pred.mosaic.shape[1] // 2, 2)  # black is per 2x2 position
+    if (tiles.min(axis=(0, 2)) < pred.black).any() or pred.mosaic.max() > pred.white:
+        low = int((tiles < pred.black[None, :, None, :]).sum())
+        high = int((pred.mosaic > pred.white).sum())
         raise InputError(
-            f"{pair.where}: {int(low)} values below the black level and {high} above the white level "
+            f"{pair.where}: {low} values below the black level and {high} above the white level "
             f"{pred.white}; predictions must lie in [black, white]"
         )
+    noisy = read(pair.noisy, contest) if with_noisy and pair.noisy is not None else None
+    return LoadedPair(pair, gt, pred, noisy)
+
+
+def measure(loaded: LoadedPair, contest, crops: bool = False) -> ImageResult:
+    pair, gt, pred = loaded.pair, loaded.gt, loaded.pred
     psnr, ssim = frame_metrics(gt.mosaic, pred.mosaic, contest)
     result = ImageResult(pair.index, pair.name, psnr, ssim, contest.score(min(psnr, contest.metric.psnr_cap), ssim))
     if crops:
         top, left = _worst_block(gt.mosaic, pred.mosaic)
         size = min(CROP, gt.mosaic.shape[0], gt.mosaic.shape[1])
-        window = (slice(top // 2, (top + size) // 2), slice(left // 2, (left + size) // 2))
-        result.crops = {"gt": gt.packed()[:, window[0], window[1]], "pred": pred.packed()[:, window[0], window[1]]}
-        if pair.noisy is not None:
-            noisy = read(pair.noisy, contest)
-            if noisy.mosaic.shape == gt.mosaic.shape:
-                result.crops["noisy"] = noisy.packed()[:, window[0], window[1]]
+        rows, cols = slice(top // 2, (top + size) // 2), slice(left // 2, (left + size) // 2)
+        result.crops = {"gt": gt.packed()[:, rows, cols], "pred": pred.packed()[:, rows, cols]}
+        if loaded.noisy is not None and loaded.noisy.mosaic.shape == gt.mosaic.shape:
+            result.crops["noisy"] = loaded.noisy.packed()[:, rows, cols]
     return result
+
+
+def score_pair(pair: Pair, contest, crops: bool = False) -> ImageResult:
+    return measure(load_pair(pair, contest, crops), contest, crops)
+
+
+def default_workers(n_pairs: int) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(n_pairs, cores))
+
+
+def score_pairs(pairs: list[Pair], contest, workers: int | None = None, crops: bool = False, progress=None):
+    """ImageResults in index order.
+
+    Reading dominates (two 16-megapixel DNG decodes per frame), and rawpy decodes without holding
+    the GIL, so `workers` reader threads (default: one per core) load pairs ahead while the metric
+    kernels, themselves parallel over all cores, measure the pair before. At most `workers` pairs
+    wait in memory. Threads beat worker processes here: no start-up, no re-import, and the kernels
+    keep every core (bench/bench_metrics.py measures both paths).
+    """
+    workers = workers or default_workers(len(pairs))
+    results = []
+    with ThreadPoolExecutor(workers) as pool:
+        upcoming = iter(pairs)
+        pending = deque(pool.submit(load_pair, pair, contest, crops) for pair in islice(upcoming, workers))
+        try:
+            while pending:
+                loaded = pending.popleft().result()  # the first failure, in index order, stops the run
+                pending.extend(pool.submit(load_pair, pair, contest, crops) for pair in islice(upcoming, 1))
+                results.append(measure(loaded, contest, crops))
+                if progress:
+                    progress(1)
+        finally:
+            for future in pending:
+                future.cancel()
+    return results
+
+
+def score_pairs_in_processes(pairs: list[Pair], contest, workers: int, crops: bool = False) -> list[ImageResult]:
+    """The same results from worker processes (one pair each in memory): kept to measure against."""
+    # Workers fork from a clean server process that has imported this module once: never from a
+    # parent whose OpenMP (rawpy) or numba threads are already running, which can deadlock.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    with ProcessPoolExecutor(workers, context, _init_worker, (str(contest.path), workers)) as pool:
+        return list(pool.map(_score_in_worker, pairs, [crops] * len(pairs)))
 
 
 _worker_contest = None
@@ -154,31 +216,6 @@ def _init_worker(contest_path: str, workers: int) -> None:
 
 def _score_in_worker(pair: Pair, crops: bool) -> ImageResult:
     return score_pair(pair, _worker_contest, crops)
-
-
-def default_workers(n_pairs: int) -> int:
-    return max(1, min(n_pairs, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
-
-
-def score_pairs(pairs: list[Pair], contest, workers: int | None = None, crops: bool = False, progress=None):
-    """ImageResults in index order; frames run in `workers` processes (default: one per core)."""
-    workers = workers or default_workers(len(pairs))
-    if workers <= 1 or len(pairs) <= 1:
-        results = []
-        for pair in pairs:
-            results.append(score_pair(pair, contest, crops))
-            if progress:
-                progress(1)
-        return results
-    context = multiprocessing.get_context("spawn")  # clean workers: no inherited threads or locks
-    with ProcessPoolExecutor(workers, context, _init_worker, (str(contest.path), workers)) as pool:
-        futures = [pool.submit(_score_in_worker, pair, crops) for pair in pairs]
-        results = []
-        for future in futures:
-            results.append(future.result())  # the first failure, in index order, stops the run
-            if progress:
-                progress(1)
-        return results
 
 
 @dataclass

@@ -20,7 +20,7 @@ from rawdenoise.contest import load_contest
 from rawdenoise.demo import make_demo_dataset
 from rawdenoise.leaderboard import Entry, ranked, record
 from rawdenoise.raw import read, write_back
-from rawdenoise.scoring import resolve, score_pairs, totals
+from rawdenoise.scoring import resolve, score_pairs, score_pairs_in_processes, totals
 from rawdenoise.submission import open_submission
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,7 +104,9 @@ def test_parallel_workers_give_the_same_numbers(demo):
     p = resolve(demo / "testset", demo / "testset_gt", ZTE)
     one = score_pairs(p.pairs, ZTE, workers=1)
     two = score_pairs(p.pairs, ZTE, workers=2)
+    processes = score_pairs_in_processes(p.pairs[:3], ZTE, workers=2)
     assert [(r.psnr, r.ssim) for r in one] == [(r.psnr, r.ssim) for r in two]
+    assert [(r.psnr, r.ssim) for r in one[:3]] == [(r.psnr, r.ssim) for r in processes]
 
 
 def test_cli_json_is_the_only_stdout_and_identical_frames_are_null_psnr(demo, tmp_path):
