@@ -5,11 +5,13 @@
 #   ./run_all.sh [--data DIR] [--contest NAME] [--recipe NAME] [--from STAGE | --only STAGE] [--full-size]
 #
 # Stages so far: setup (a local .venv with requirements.txt), data (the demo set in work/demo/, only
-# when no --data is given). Later stages (patches, train, size, predict, pack, score) join as they land.
+# when no --data is given), score (every entry on the local leaderboard runs/leaderboard.sqlite; so far
+# the "do nothing" entry, the noisy test inputs, in runs/noisy/). Later stages (patches, train, size,
+# predict, pack) join as they land.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-STAGES=(setup data)
+STAGES=(setup data score)
 PYTHON_BIN="${PYTHON:-python3.11}"
 VENV=.venv
 DATA=""
@@ -95,6 +97,38 @@ stage_data() {
   [[ -t 2 ]] || args+=(--quiet)  # a progress bar only where someone watches; not part of the stamp
   "$VENV/bin/python" tools/make_demo_data.py "${args[@]}"
   write_stamp "$out/.done" "$stamp"
+}
+
+data_dir() { if [[ -n "$DATA" ]]; then echo "$DATA"; else echo work/demo; fi; }
+
+# A listing of names, sizes and times: cheap to hash, and it changes whenever a file does.
+hash_tree() { find "$@" -type f -printf '%P %s %T@\n' 2>/dev/null | sort | sha256sum | cut -c1-16; }
+
+score_entry() {  # NAME PRED_DIR GT_DIR: score one entry onto the leaderboard, with its report
+  local name="$1" pred="$2" gt="$3" out="runs/$1"
+  local stamp
+  stamp="score $name $pred $gt $CONTEST $(hash_tree "$pred" "$gt") $(hash_files tools/score.py rawdenoise/metrics.py rawdenoise/scoring.py)"
+  if stamp_matches "$out/.score.done" "$stamp" && [[ -f runs/leaderboard.sqlite ]]; then
+    echo "$name: score up to date ($out/scores.csv)"
+    return
+  fi
+  mkdir -p "$out"
+  "$VENV/bin/python" tools/score.py "$pred" "$gt" --contest "$CONTEST" --name "$name" \
+    --csv "$out/scores.csv" --html "$out/report.html"
+  write_stamp "$out/.score.done" "$stamp"
+}
+
+stage_score() {
+  local data folders test_noisy test_gt
+  data="$(data_dir)"
+  folders="$("$VENV/bin/python" -c 'import sys; from rawdenoise.contest import load_contest as l; c = l(sys.argv[1]).layout; print(c.test_noisy.folder, c.test_gt.folder, sep="\n")' "$CONTEST")"
+  test_noisy="$data/$(sed -n 1p <<<"$folders")"
+  test_gt="$data/$(sed -n 2p <<<"$folders")"
+  if [[ ! -d "$test_gt" ]]; then
+    echo "no test ground truth in $test_gt: nothing to score locally yet"
+    return
+  fi
+  score_entry noisy "$test_noisy" "$test_gt"
 }
 
 declare -a TIMES=()
