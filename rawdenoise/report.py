@@ -1,5 +1,5 @@
 """A self-contained HTML report of one scoring: the tables, crops where the prediction errs most
-(noisy / denoised / ground truth, rendered to sRGB), and the leaderboard as a plot."""
+(noisy / prediction / ground truth, rendered to sRGB), and the leaderboard as a plot."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def write_html(path: str | Path, title: str, contest, results, summary, entries,
         rendered = render_crops(r.crops)
         cells = "".join(
             f"<figure><img src='{_png(rendered[k])}' alt='{k}'><figcaption>{label}</figcaption></figure>"
-            for k, label in (("noisy", "noisy input"), ("pred", "denoised"), ("gt", "ground truth"))
+            for k, label in (("noisy", "noisy input"), ("pred", "prediction"), ("gt", "ground truth"))
             if k in rendered
         )
         crops_html.append(f"<h3>{esc(r.name)} — PSNR {_fmt_psnr(r.psnr)} dB, SSIM {r.ssim:.4f}</h3><div class='row'>{cells}</div>")

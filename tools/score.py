@@ -47,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--leaderboard", metavar="DB", default=str(DEFAULT_LEADERBOARD),
         help="leaderboard database; its CSV export goes beside it (default: runs/leaderboard.sqlite)",
     )  # fmt: skip
-    parser.add_argument("--workers", type=int, default=None, help="scoring processes (default: one per core)")
+    parser.add_argument(
+        "--workers", type=int, default=None, metavar="N",
+        help="threads reading frames ahead of the metrics (default: one per core)",
+    )  # fmt: skip
     return parser
 
 
