@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import ast
+
+import pytest
+import torch
+
+from rawdenoise import InputError
+from rawdenoise.models import REGISTRY, build_model, source_file
+from rawdenoise.tiling import infer
+
+SMALL = {"unet": {"widths": [8, 16, 32]}, "convnext_unet": {"widths": [8, 16, 32], "kernels": [5, 3, 3]}}
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("shape", [(2, 4, 32, 48), (1, 4, 17, 29), (1, 4, 3, 5)])
+def test_output_shape_and_identity_at_initialisation(name, shape):
+    torch.manual_seed(0)
+    model = build_model(name, **SMALL[name])
+    x = torch.rand(shape)
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == x.shape
+    assert torch.equal(y, x), "an untrained model must return its input (zero-initialised head)"
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_padding_and_cropping_keep_odd_sizes_consistent(name):
+    """Once trained (non-zero head), an odd-sized input still maps pixel to pixel: the crop of the
+    model's output on a larger frame agrees away from the border where padding differs."""
+    torch.manual_seed(0)
+    model = build_model(name, **SMALL[name])
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    x = torch.rand(1, 4, 37, 45)
+    with torch.no_grad():
+        y = model(x)
+        z = model(x[..., :33, :41])  # smaller odd frame starting at the same origin
+    assert y.shape == x.shape and z.shape == (1, 4, 33, 41)
+    assert not torch.equal(y, x)
+    # pixels far from the cut see identical inputs, and the pooling grid starts at the same origin
+    assert torch.allclose(y[..., :8, :8], z[..., :8, :8], atol=1e-5)
+
+
+def test_default_sizes_match_the_seeds_write_up():
+    params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert params(build_model("convnext_unet")) == 10_368_483  # 41.5 MB in fp32
+    assert params(build_model("convnext_unet", kernels=[23, 23, 23, 3])) * 4 == pytest.approx(46.0e6, rel=1e-3)
+    assert params(build_model("unet")) == 7_760_484
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_model_files_are_self_contained(name):
+    tree = ast.parse(source_file(name).read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported <= {"torch"}, imported
+
+
+def test_levels_live_in_module_lists_and_bad_names_are_clear():
+    model = build_model("convnext_unet", widths=[8, 16], kernels=[3, 3])
+    assert isinstance(model.encoder, torch.nn.ModuleList) and isinstance(model.decoder, torch.nn.ModuleList)
+    with pytest.raises(InputError, match="unknown model 'resnet'"):
+        build_model("resnet")
+    with pytest.raises(InputError, match="bad arguments"):
+        build_model("unet", width=3)
+
+
+def test_infer_runs_whole_frames_and_restores_training_mode():
+    model = build_model("unet", widths=[8, 16])
+    model.train()
+    x = torch.rand(4, 20, 26)
+    y = infer(model, x.numpy())
+    assert y.shape == (4, 20, 26) and y.dtype.name == "float32"
+    assert model.training
