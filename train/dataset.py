@@ -1,0 +1,122 @@
+"""Training samples from the patch store, with Bayer-preserving augmentation and optional extra noise.
+
+A sample is a function of (seed, step, index within the step's global batch) only: the generator that
+picks its patch, crop, flip and noise is seeded by exactly those numbers. So a resumed run, and a run
+split over torchrun processes (each taking its slice of the global batch), see the same samples as
+one uninterrupted process.
+
+Augmentation happens on the mosaic, where its meaning is plain: a flip moves the colour filter
+phase by one pixel along the flipped axis, so we cut a window one packed pixel larger than the crop,
+flip or transpose it, and take the crop at the offset that puts red back at the canonical site.
+Channel k therefore always means the same colour (Liu et al., "Learning Raw Image Denoising with Bayer
+Pattern Unification and Bayer Preserving Augmentation", 2019).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rawdenoise.raw import pack, unpack
+from train.patch_store import load_meta
+
+CANONICAL = "RGGB"  # packed order R, Gr, Gb, B is exactly an RGGB mosaic's 2x2 sites
+
+
+def bayer_augment(packed: np.ndarray, op: int, crop: int) -> np.ndarray:
+    """One of the 8 flips/transposes of a (C, crop+1, crop+1) packed window -> (C, crop, crop), CFA kept.
+
+    op bit 0: mirror left-right, bit 1: mirror top-bottom, bit 2: transpose (applied first).
+    Works on any leading channel count that is a multiple of 4 (noisy and clean stacked together).
+    """
+    groups = [unpack(packed[g : g + 4], CANONICAL) for g in range(0, packed.shape[0], 4)]
+    out = []
+    for mosaic in groups:
+        if op & 4:
+            mosaic = mosaic.T  # RGGB stays RGGB: R and B keep the diagonal
+        if op & 1:
+            mosaic = mosaic[:, ::-1]
+        if op & 2:
+            mosaic = mosaic[::-1, :]
+        dy, dx = (1 if op & 2 else 0), (1 if op & 1 else 0)  # a mirrored axis starts one site late
+        out.append(pack(np.ascontiguousarray(mosaic[dy : dy + 2 * crop, dx : dx + 2 * crop]), CANONICAL))
+    return np.concatenate(out)
+
+
+class PatchSamples(torch.utils.data.Dataset):
+    """Map-style: item `step * global_batch + i` is sample i of that step's global batch."""
+
+    def __init__(self, store: str | Path, crop: int, global_batch: int, seed: int, augment: bool = True,
+                 extra_noise: float = 0.0, noise_range: tuple | None = None):  # fmt: skip
+        self.store = Path(store)
+        meta = load_meta(self.store)
+        if crop + 1 > meta["crop"]:
+            raise ValueError(f"crop {crop} needs patches of at least {crop + 1} packed pixels; the store has {meta['crop']}")
+        self.crop, self.global_batch, self.seed, self.augment = crop, global_batch, seed, augment
+        self.patches = int(meta["patches"])
+        self.black = np.array(meta["black"], dtype=np.float32)[:, None, None]
+        self.white = float(meta["white"])
+        self.extra_noise = extra_noise
+        self.noise_range = noise_range  # ((a_lo, a_hi), (b_lo, b_hi)) for synthetic noise
+        self._arrays = None
+
+    def __len__(self) -> int:
+        return 2**62  # indexed by (step, i); the sampler decides how many are drawn
+
+    def arrays(self):
+        if self._arrays is None:  # opened lazily, once per worker process
+            self._arrays = (
+                np.load(self.store / "train_noisy.npy", mmap_mode="r"),
+                np.load(self.store / "train_gt.npy", mmap_mode="r"),
+            )
+        return self._arrays
+
+    def normalise(self, dn: np.ndarray) -> np.ndarray:
+        return (dn.astype(np.float32) - self.black) / (self.white - self.black)
+
+    def __getitem__(self, key: int):
+        step, i = divmod(int(key), self.global_batch)
+        rng = np.random.default_rng([self.seed, step, i])
+        noisy_arr, gt_arr = self.arrays()
+        k = int(rng.integers(self.patches))
+        size = noisy_arr.shape[-1]
+        top, left = (int(v) for v in rng.integers(0, size - self.crop, size=2))
+        window = (slice(None), slice(top, top + self.crop + 1), slice(left, left + self.crop + 1))
+        pair = np.concatenate([noisy_arr[k][window], gt_arr[k][window]])
+        op = int(rng.integers(8)) if self.augment else 0
+        pair = bayer_augment(pair, op, self.crop)
+        noisy, gt = self.normalise(pair[:4]), self.normalise(pair[4:])
+        if self.extra_noise and rng.random() < self.extra_noise:
+            noisy = self.synthetic(gt, rng)
+        return torch.from_numpy(noisy), torch.from_numpy(gt)
+
+    def synthetic(self, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A fresh noisy input from the noise model at a log-uniform level: more noise levels than the data has."""
+        (a_lo, a_hi), (b_lo, b_hi) = self.noise_range
+        t = rng.random()
+        a = float(np.exp(np.log(a_lo) + t * (np.log(a_hi) - np.log(a_lo))))
+        b = float(np.exp(np.log(b_lo) + t * (np.log(b_hi) - np.log(b_lo))))
+        noisy = gt + np.sqrt(np.maximum(a * gt + b, 0)) * rng.standard_normal(gt.shape, dtype=np.float32)
+        step = 1.0 / (self.white - self.black)
+        return (np.round(np.clip(noisy, 0, 1) / step) * step).astype(np.float32)
+
+
+class StepSampler(torch.utils.data.Sampler):
+    """Keys for steps [start, stop): this rank's slice [rank*b, (rank+1)*b) of each global batch."""
+
+    def __init__(self, start: int, stop: int, global_batch: int, rank: int = 0, world: int = 1):
+        if global_batch % world:
+            raise ValueError(f"global batch {global_batch} does not split over {world} processes")
+        self.start, self.stop, self.global_batch = start, stop, global_batch
+        self.local = global_batch // world
+        self.offset = rank * self.local
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            base = step * self.global_batch + self.offset
+            yield from range(base, base + self.local)
+
+    def __len__(self) -> int:
+        return (self.stop - self.start) * self.local

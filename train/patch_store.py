@@ -1,0 +1,184 @@
+"""The patch store: training pairs cut once into memory-mappable arrays, so training never decodes a DNG.
+
+Layout of a store folder:
+    train_noisy.npy, train_gt.npy   uint16 (N, 4, P, P): canonical packed R, Gr, Gb, B patches, in DN
+    index.csv                       one row per patch: frame, files, position, a noise-level estimate
+    meta.json                       how it was made, the levels, and the validation frames (written last:
+                                    a store without it is incomplete)
+    localtest/                      only for data with no test ground truth: the validation frames again,
+                                    under the profile's test names, as a local test set
+
+Validation frames are whole frames, never cut: training validates on them as the contest scores.
+Frames stream through one pair at a time; the arrays are preallocated from the frames' headers.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from rawdenoise.errors import InputError
+from rawdenoise.files import atomic_path
+from rawdenoise.raw import pack, read
+from rawdenoise.tiff import locate_raw
+
+META = "meta.json"
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class PatchOptions:
+    crop: int = 128  # packed pixels per side (a 256 x 256 mosaic window)
+    step: int = 128
+    edge: str = "shift"  # "shift": one more patch flush with each far edge; "drop": only whole steps
+    val_frames: int | None = None  # default: a tenth of the frames, at least one
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.crop < 8 or self.step < 1:
+            raise InputError(f"crop must be at least 8 and step at least 1, got crop {self.crop}, step {self.step}")
+        if self.edge not in ("shift", "drop"):
+            raise InputError(f"edge must be 'shift' or 'drop', got {self.edge!r}")
+
+
+def positions(length: int, crop: int, step: int, edge: str) -> list[int]:
+    """Patch origins along one packed axis."""
+    if length < crop:
+        return []
+    starts = list(range(0, length - crop + 1, step))
+    if edge == "shift" and starts[-1] != length - crop:
+        starts.append(length - crop)
+    return starts
+
+
+def _listing_hash(files: list[Path]) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.name} {st.st_size} {st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _split(indices: list[int], options: PatchOptions) -> tuple[list[int], list[int]]:
+    n_val = options.val_frames if options.val_frames is not None else max(1, len(indices) // 10)
+    if not 0 <= n_val < len(indices):
+        raise InputError(f"{n_val} validation frames leave no training frame out of {len(indices)}")
+    order = np.random.default_rng([options.seed, 7]).permutation(len(indices))
+    val = sorted(indices[k] for k in order[:n_val])
+    return [i for i in indices if i not in val], val
+
+
+def make_patch_store(data: str | Path, out: str | Path, contest, options: PatchOptions, progress: bool = True) -> Path:
+    """Cut the training pairs of `data` into a store at `out`; an identical complete store is kept as is."""
+    options.check()
+    data, out = Path(data), Path(out)
+    noisy_files = contest.layout.train_noisy.find(data)
+    gt_files = contest.layout.train_gt.find(data)
+    missing = sorted(set(noisy_files) ^ set(gt_files))
+    if missing:
+        raise InputError(f"{data}: frames {missing} lack their noisy or ground-truth half")
+    if not noisy_files:
+        raise InputError(f"{data}: no training pairs named like {contest.layout.train_noisy.pattern}")
+    indices = list(noisy_files)
+    key = {
+        "format": FORMAT,
+        "contest": contest.name,
+        "data": str(data.resolve()),
+        "options": options.__dict__,
+        "inputs": _listing_hash([noisy_files[i] for i in indices] + [gt_files[i] for i in indices]),
+    }
+    meta_path = out / META
+    if meta_path.is_file():
+        try:
+            if json.loads(meta_path.read_text()).get("key") == key:
+                return out
+        except json.JSONDecodeError:
+            pass
+    train, val = _split(indices, options)
+
+    shapes = {}
+    for i in train:
+        layout = locate_raw(noisy_files[i])
+        shapes[i] = (layout.height // 2, layout.width // 2)
+    grid = {i: [(t, l) for t in positions(h, options.crop, options.step, options.edge)
+                for l in positions(w, options.crop, options.step, options.edge)] for i, (h, w) in shapes.items()}  # fmt: skip
+    total = sum(len(g) for g in grid.values())
+    if total == 0:
+        raise InputError(f"{data}: no training frame is large enough for {options.crop}-pixel packed patches")
+
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path.unlink(missing_ok=True)  # from here on the folder is incomplete until meta.json returns
+    black = white = None
+    rows = []
+    shape = (total, 4, options.crop, options.crop)
+    with atomic_path(out / "train_noisy.npy") as tmp_noisy, atomic_path(out / "train_gt.npy") as tmp_gt:
+        noisy_arr = np.lib.format.open_memmap(tmp_noisy, mode="w+", dtype=np.uint16, shape=shape)
+        gt_arr = np.lib.format.open_memmap(tmp_gt, mode="w+", dtype=np.uint16, shape=shape)
+        k = 0
+        for i in tqdm(train, desc="patches", unit="frame", disable=not progress):
+            noisy, gt = read(noisy_files[i], contest), read(gt_files[i], contest)
+            if noisy.mosaic.shape != gt.mosaic.shape:
+                raise InputError(f"{noisy.path}: shape {noisy.mosaic.shape} differs from {gt.path.name}'s {gt.mosaic.shape}")
+            black = pack(gt.black, contest.cfa)[:, 0, 0] if black is None else black  # per channel
+            white = gt.white
+            pn, pg = pack(noisy.mosaic, contest.cfa), pack(gt.mosaic, contest.cfa)
+            scale = (white - black.astype(np.float64))[:, None, None]
+            for top, left in grid[i]:
+                window = (slice(None), slice(top, top + options.crop), slice(left, left + options.crop))
+                noisy_arr[k], gt_arr[k] = pn[window], pg[window]
+                residual = (pn[window].astype(np.float64) - pg[window]) / scale
+                rows.append([k, i, noisy_files[i].relative_to(data), gt_files[i].relative_to(data), top, left,
+                             f"{residual.std():.6g}"])  # fmt: skip
+                k += 1
+        noisy_arr.flush()
+        gt_arr.flush()
+        del noisy_arr, gt_arr
+
+    with atomic_path(out / "index.csv") as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["patch", "frame", "noisy", "gt", "top", "left", "noise_std"])
+            writer.writerows(rows)
+    local_test = _keep_local_test(data, out, contest, val, noisy_files, gt_files)
+    meta = {
+        "key": key,
+        "contest": contest.name,
+        "crop": options.crop,
+        "patches": total,
+        "black": [int(v) for v in black],
+        "white": int(white),
+        "train_frames": train,
+        "val_frames": [{"index": i, "noisy": str(noisy_files[i]), "gt": str(gt_files[i])} for i in val],
+        "local_test": str(local_test) if local_test else None,
+    }
+    with atomic_path(meta_path) as tmp:
+        Path(tmp).write_text(json.dumps(meta, indent=2))
+    return out
+
+
+def _keep_local_test(data: Path, out: Path, contest, val, noisy_files, gt_files) -> Path | None:
+    """Real contest data publishes no test ground truth: keep the validation frames as a local test set."""
+    if (data / contest.layout.test_gt.folder).is_dir():
+        return None
+    root = out / "localtest"
+    shutil.rmtree(root, ignore_errors=True)
+    for k, i in enumerate(val):
+        for source, pattern in ((noisy_files[i], contest.layout.test_noisy), (gt_files[i], contest.layout.test_gt)):
+            dest = pattern.path(root, k)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, dest)
+    return root
+
+
+def load_meta(store: str | Path) -> dict:
+    path = Path(store) / META
+    if not path.is_file():
+        raise InputError(f"{store}: not a complete patch store (no {META}); run train/make_patches.py")
+    return json.loads(path.read_text())

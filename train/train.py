@@ -1,0 +1,307 @@
+"""Train a denoiser from a recipe: one loop, top to bottom, alone or under torchrun.
+
+    python train/train.py --config configs/train/demo.toml [--run NAME] [--set train.lr=3e-4] [--resume]
+    torchrun --nproc_per_node=2 train/train.py --config configs/train/convnext_unet.toml
+
+Writes runs/NAME/: config.toml (the resolved recipe), last.pt and best.pt (model, EMA, optimiser,
+scheduler, step), log.csv, tb/ (TensorBoard), curves.png and, only once training has finished,
+model.pth: the EMA weights of the best validation step as a plain state_dict.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":  # as a script, train/ leads sys.path and this file would shadow the train package
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import argparse
+import copy
+import csv
+import math
+import os
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from rawdenoise import cli
+from rawdenoise.contest import load_contest
+from rawdenoise.errors import InputError
+from rawdenoise.files import atomic_path
+from rawdenoise.metrics import frame_metrics, summarise
+from rawdenoise.models import build_model
+from rawdenoise.raw import read
+from rawdenoise.tiling import infer
+from train.config import load_recipe, write_toml
+from train.dataset import PatchSamples, StepSampler
+from train.patch_store import load_meta
+
+LOG_COLUMNS = ["step", "loss", "lr", "val_psnr", "val_ssim", "val_score", "seconds"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train a raw denoiser from a recipe in configs/train/.")
+    parser.add_argument("--config", required=True, help="recipe TOML, e.g. configs/train/demo.toml")
+    parser.add_argument("--run", help="run name or folder (default: runs/<recipe file stem>)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one recipe key, value parsed as TOML (repeatable): --set train.lr=3e-4")  # fmt: skip
+    parser.add_argument("--patches", help="patch store folder (overrides data.patches)")
+    parser.add_argument("--resume", action="store_true", help="continue from the run's last.pt")
+    parser.add_argument("--init", metavar="WEIGHTS", help="start from these weights (a state_dict .pth): fine-tuning")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder's checkpoints")
+    parser.add_argument("--stop-after", type=int, metavar="STEPS",
+                        help="stop once this step is done (last.pt saved); continue later with --resume")  # fmt: skip
+    parser.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"), help="default: the recipe's, else auto")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    cli.add_contest_argument(parser)
+    return parser
+
+
+def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
+    """Linear warm-up, then cosine decay to `floor` times the base rate."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def loss_fn(name: str):
+    if name == "l1":
+        return torch.nn.functional.l1_loss
+    if name == "l2":
+        return torch.nn.functional.mse_loss
+    if name == "psnr":  # -PSNR on normalised values: L2 in log space
+        return lambda y, t: 10 * torch.log10(torch.nn.functional.mse_loss(y, t) + 1e-10)
+    raise InputError(f"train.loss must be l1, l2 or psnr, got {name!r}")
+
+
+def validate(model, frames, contest) -> tuple[float, float, float]:
+    """Contest metrics of the model (None: the noisy input as is) on whole validation frames, through
+    the same inference as predict."""
+    psnrs, ssims = [], []
+    for noisy_path, gt_path in frames:
+        noisy, gt = read(noisy_path, contest), read(gt_path, contest)
+        prediction = noisy.mosaic if model is None else noisy.to_mosaic(infer(model, noisy.packed()))
+        p, s = frame_metrics(gt.mosaic, prediction, contest)
+        psnrs.append(p)
+        ssims.append(s)
+    return summarise(psnrs, ssims, contest)
+
+
+def save_checkpoint(path: Path, **state) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def plot_curves(log_path: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(log_path) as f:
+        rows = list(csv.DictReader(f))
+    steps = [int(r["step"]) for r in rows if r["loss"]]
+    losses = [float(r["loss"]) for r in rows if r["loss"]]
+    val = [(int(r["step"]), float(r["val_psnr"])) for r in rows if r["val_psnr"]]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5), dpi=100)
+    ax[0].plot(steps, losses)
+    ax[0].set(xlabel="step", ylabel="training loss", yscale="log", title="loss")
+    if val:
+        ax[1].plot(*zip(*val), marker="o")
+    ax[1].set(xlabel="step", ylabel="PSNR (dB)", title="validation PSNR (EMA weights)")
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    recipe = load_recipe(args.config, args.set)
+    if args.patches:
+        recipe["data"]["patches"] = args.patches
+    if args.device:
+        recipe["train"]["device"] = args.device
+    cfg_model, cfg_data, cfg = recipe["model"], recipe["data"], recipe["train"]
+    contest = load_contest(args.contest)
+
+    # --- distributed set-up: only when torchrun's variables are present --------------------------
+    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if distributed else (0, 1)
+    want = cfg.get("device", "auto")
+    use_cuda = want == "cuda" or (want == "auto" and torch.cuda.is_available())
+    if want == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available")
+    if distributed:
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    master = rank == 0
+
+    # --- run folder ------------------------------------------------------------------------------
+    run = Path(args.run) if args.run and "/" in args.run else Path("runs") / (args.run or Path(args.config).stem)
+    if (run / "last.pt").exists() and not (args.resume or args.overwrite):
+        raise InputError(f"{run}: already holds a run; pass --resume to continue it or --overwrite to start again")
+    if args.resume and not (run / "last.pt").exists():
+        raise InputError(f"{run}: nothing to resume (no last.pt)")
+    store = cfg_data.get("patches")
+    if not store:
+        raise InputError("no patch store: set data.patches in the recipe or pass --patches DIR")
+    meta = load_meta(store)
+    if master:
+        run.mkdir(parents=True, exist_ok=True)
+        write_toml(run / "config.toml", {**recipe, "data": {**cfg_data, "patches": str(store)}})
+        if not args.resume:
+            for stale in ("model.pth", "best.pt", "log.csv", "curves.png"):
+                (run / stale).unlink(missing_ok=True)
+
+    # --- model, optimiser, schedule, EMA ---------------------------------------------------------
+    torch.manual_seed(cfg["seed"])
+    model = build_model(cfg_model["name"], **cfg_model.get("args", {})).to(device)
+    if args.init:
+        model.load_state_dict(torch.load(args.init, map_location=device, weights_only=True))
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
+    iterations, warmup = int(cfg["iterations"]), int(cfg.get("warmup", 0))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda s: lr_factor(s, warmup, iterations, cfg.get("min_lr_ratio", 0.05))
+    )
+    step, best = 0, {"score": -math.inf, "psnr": -math.inf, "step": -1}
+    if args.resume:
+        state = torch.load(run / "last.pt", map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimiser.load_state_dict(state["optimiser"])
+        schedule.load_state_dict(state["schedule"])
+        step, best = state["step"], state["best"]
+        torch.set_rng_state(state["torch_rng"])
+    net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+
+    # --- data ------------------------------------------------------------------------------------
+    batch = int(cfg["batch"])
+    heavier = contest.noise.test_heavier  # synthetic noise reaches the test set's heavier level too
+    samples = PatchSamples(
+        store, int(cfg_data["crop"]), batch, int(cfg["seed"]), bool(cfg_data.get("augment", True)),
+        float(cfg_data.get("extra_noise", 0.0)),
+        ((contest.noise.a_range[0], contest.noise.a_range[1] * heavier),
+         (contest.noise.b_range[0], contest.noise.b_range[1] * heavier)),
+    )  # fmt: skip
+    workers = int(cfg_data.get("workers", 0))
+    loader = torch.utils.data.DataLoader(
+        samples, batch_size=batch // world, sampler=StepSampler(step, iterations, batch, rank, world),
+        num_workers=workers, pin_memory=use_cuda, persistent_workers=workers > 0,
+    )  # fmt: skip
+    val_frames = [(v["noisy"], v["gt"]) for v in meta["val_frames"]]
+
+    # --- logging (rank 0 only) -------------------------------------------------------------------
+    writer, log = None, None
+    if master:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run / "tb"))
+        new_log = not (run / "log.csv").exists()
+        log = open(run / "log.csv", "a", newline="")
+        log_rows = csv.DictWriter(log, fieldnames=LOG_COLUMNS)
+        if new_log:
+            log_rows.writeheader()
+        if step == 0 and val_frames:
+            psnr, ssim, score = validate(None, val_frames, contest)
+            tqdm.write(f"validation frames as they come (noisy): PSNR {psnr:.3f} dB, SSIM {ssim:.5f}, score {score:.3f}")
+            writer.add_scalar("val/noisy_psnr", psnr, 0)
+    criterion = loss_fn(cfg.get("loss", "l1"))
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.get("amp", "none") == "bf16" else nullcontext()
+    val_every, log_every, clip = int(cfg.get("val_every", 500)), int(cfg.get("log_every", 10)), cfg.get("clip", 0)
+    decay = float(cfg.get("ema", 0.999))
+    bar = tqdm(total=iterations, initial=step, desc=run.name, unit="step", disable=not master or args.quiet)
+    start_time, running = time.time(), []
+
+    def checkpoint(path: Path) -> None:
+        save_checkpoint(
+            path, model=model.state_dict(), ema=ema.state_dict(), optimiser=optimiser.state_dict(),
+            schedule=schedule.state_dict(), step=step, best=best, torch_rng=torch.get_rng_state(),
+            recipe=recipe,
+        )  # fmt: skip
+
+    # --- the loop --------------------------------------------------------------------------------
+    try:
+        for noisy, gt in loader:
+            if args.stop_after is not None and step >= args.stop_after:
+                break
+            noisy, gt = noisy.to(device, non_blocking=True), gt.to(device, non_blocking=True)
+            with amp:
+                loss = criterion(net(noisy).float(), gt)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimiser.step()
+            schedule.step()
+            with torch.no_grad():
+                for e, p in zip(ema.parameters(), model.parameters()):
+                    e.lerp_(p, 1 - decay)
+            step += 1
+            running.append(loss.item())
+            if not master:
+                continue
+            bar.update(1)
+            row = None
+            if step % log_every == 0 or step == iterations:
+                mean_loss = float(np.mean(running))
+                running.clear()
+                bar.set_postfix(loss=f"{mean_loss:.4g}", lr=f"{schedule.get_last_lr()[0]:.2e}")
+                writer.add_scalar("train/loss", mean_loss, step)
+                writer.add_scalar("train/lr", schedule.get_last_lr()[0], step)
+                row = {"step": step, "loss": mean_loss, "lr": schedule.get_last_lr()[0]}
+            if val_frames and (step % val_every == 0 or step == iterations):
+                psnr, ssim, score = validate(ema, val_frames, contest)
+                writer.add_scalar("val/psnr", psnr, step)
+                writer.add_scalar("val/ssim", ssim, step)
+                writer.add_scalar("val/score", score, step)
+                row = {**(row or {"step": step}), "val_psnr": psnr, "val_ssim": ssim, "val_score": score}
+                tqdm.write(f"step {step}: validation PSNR {psnr:.3f} dB, SSIM {ssim:.5f}, score {score:.3f}")
+                if (score, psnr) > (best["score"], best["psnr"]):
+                    best = {"score": score, "psnr": psnr, "step": step}
+                    checkpoint(run / "best.pt")
+                checkpoint(run / "last.pt")
+            if row:
+                log_rows.writerow({**row, "seconds": round(time.time() - start_time, 2)})
+                log.flush()
+    except KeyboardInterrupt:
+        if master:
+            checkpoint(run / "last.pt")
+            print(f"\ninterrupted at step {step}; continue with --resume", file=sys.stderr)
+        raise
+    finally:
+        bar.close()
+
+    # --- export ----------------------------------------------------------------------------------
+    if master and step < iterations:
+        checkpoint(run / "last.pt")
+        log.close()
+        writer.close()
+        print(f"{run}: stopped at step {step} of {iterations}; continue with --resume")
+    elif master:
+        checkpoint(run / "last.pt")
+        final = torch.load(run / "best.pt", map_location="cpu", weights_only=False)["ema"] if (run / "best.pt").exists() \
+            else ema.state_dict()
+        with atomic_path(run / "model.pth") as tmp:
+            torch.save({k: v.float().cpu() for k, v in final.items()}, tmp)
+        log.close()
+        writer.close()
+        plot_curves(run / "log.csv", run / "curves.png")
+        print(f"{run}/model.pth: EMA weights of step {best['step'] if best['step'] > 0 else step}"
+              + (f", validation PSNR {best['psnr']:.3f} dB, score {best['score']:.3f}" if best["step"] > 0 else ""))
+    if distributed:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
