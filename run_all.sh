@@ -5,13 +5,14 @@
 #   ./run_all.sh [--data DIR] [--contest NAME] [--recipe NAME] [--from STAGE | --only STAGE] [--full-size]
 #
 # Stages so far: setup (a local .venv with requirements.txt), data (the demo set in work/demo/, only
-# when no --data is given), score (every entry on the local leaderboard runs/leaderboard.sqlite; so far
-# the "do nothing" entry, the noisy test inputs, in runs/noisy/). Later stages (patches, train, size,
-# predict, pack) join as they land.
+# when no --data is given), patches (work/patches/<data folder name>/), train (runs/<recipe>/, resumed
+# from its last checkpoint when a previous run of the same recipe was interrupted), score (every entry
+# on the local leaderboard runs/leaderboard.sqlite; so far the "do nothing" entry, the noisy test
+# inputs, in runs/noisy/). The size gate, predict and pack join as they land.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-STAGES=(setup data score)
+STAGES=(setup data patches train score)
 PYTHON_BIN="${PYTHON:-python3.11}"
 VENV=.venv
 DATA=""
@@ -42,6 +43,7 @@ for s in "$FROM" "$ONLY"; do
   [[ -z "$s" ]] || is_stage "$s" || die "unknown stage '$s'; stages: ${STAGES[*]}"
 done
 if [[ -n "$DATA" && ! -d "$DATA" ]]; then die "--data $DATA: folder not found"; fi
+[[ -f "configs/train/$RECIPE.toml" ]] || die "--recipe $RECIPE: no configs/train/$RECIPE.toml (recipes: $(cd configs/train && ls *.toml | sed 's/.toml//' | tr '\n' ' '))"
 export RUN_ALL_RECIPE="$RECIPE"  # read by the training stages once they exist
 
 # Which stages run: all, those from --from on, or just --only. setup always runs first (it is cheap
@@ -100,6 +102,7 @@ stage_data() {
 }
 
 data_dir() { if [[ -n "$DATA" ]]; then echo "$DATA"; else echo work/demo; fi; }
+patch_store() { echo "work/patches/$(basename "$(cd "$(data_dir)" && pwd)")"; }
 
 # A listing of names, sizes and times: cheap to hash, and it changes whenever a file does.
 hash_tree() { find "$@" -type f -printf '%P %s %T@\n' 2>/dev/null | sort | sha256sum | cut -c1-16; }
@@ -116,6 +119,43 @@ score_entry() {  # NAME PRED_DIR GT_DIR: score one entry onto the leaderboard, w
   "$VENV/bin/python" tools/score.py "$pred" "$gt" --contest "$CONTEST" --name "$name" \
     --csv "$out/scores.csv" --html "$out/report.html"
   write_stamp "$out/.score.done" "$stamp"
+}
+
+stage_patches() {
+  local data store stamp args
+  data="$(data_dir)"
+  store="$(patch_store)"
+  local crop  # patches twice the recipe's training crop: room for random crops and flips
+  crop="$("$VENV/bin/python" -c 'import sys, tomllib; print(2 * tomllib.load(open(sys.argv[1], "rb"))["data"]["crop"])' "configs/train/$RECIPE.toml")"
+  args=(--data "$data" --out "$store" --contest "$CONTEST" --crop "$crop" --step "$crop")
+  stamp="make_patches ${args[*]} $(hash_tree "$data") $(hash_files train/make_patches.py train/patch_store.py)"
+  if stamp_matches "$store/.done" "$stamp"; then
+    echo "patch store up to date in $store"
+    return
+  fi
+  [[ -t 2 ]] || args+=(--quiet)
+  "$VENV/bin/python" train/make_patches.py "${args[@]}"
+  write_stamp "$store/.done" "$stamp"
+}
+
+stage_train() {
+  local run="runs/$RECIPE" store stamp mode=--overwrite
+  store="$(patch_store)"
+  stamp="train $RECIPE $CONTEST $(hash_files "configs/train/$RECIPE.toml" "$store/meta.json" train/*.py rawdenoise/models/*.py)"
+  if stamp_matches "$run/.train.done" "$stamp" && [[ -f "$run/model.pth" ]]; then
+    echo "$run/model.pth up to date"
+    return
+  fi
+  if [[ -f "$run/last.pt" ]] && stamp_matches "$run/.train.started" "$stamp"; then
+    mode=--resume  # the same training was interrupted: continue from its last checkpoint
+    echo "resuming $run from its last checkpoint"
+  fi
+  mkdir -p "$run"
+  write_stamp "$run/.train.started" "$stamp"
+  local args=(--config "configs/train/$RECIPE.toml" --patches "$store" --run "$run" --contest "$CONTEST" "$mode")
+  [[ -t 2 ]] || args+=(--quiet)
+  "$VENV/bin/python" train/train.py "${args[@]}"
+  write_stamp "$run/.train.done" "$stamp"
 }
 
 stage_score() {

@@ -96,3 +96,18 @@ def test_step_sampler_splits_each_global_batch_over_ranks():
     parts = [list(StepSampler(3, 5, 4, rank, 2)) for rank in range(2)]
     assert whole == [12, 13, 14, 15, 16, 17, 18, 19]
     assert parts == [[12, 13, 16, 17], [14, 15, 18, 19]]
+
+
+def test_cli_runs_as_a_script_and_refuses_bad_data(demo, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "train" / "make_patches.py"
+    ok = subprocess.run([sys.executable, str(script), "--data", str(demo), "--out", str(tmp_path / "s"), "--quiet",
+                         "--crop", "48"], capture_output=True, text=True)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert "patches of 48x48" in ok.stdout
+    bad = subprocess.run([sys.executable, str(script), "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "t")],
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and "nope" in bad.stderr and "Traceback" not in bad.stderr

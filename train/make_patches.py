@@ -5,10 +5,14 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from pathlib import Path
+
+if __name__ == "__main__":  # as a script, train/ leads sys.path and train/train.py would shadow the package
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import argparse
+import time
 
 from rawdenoise import cli
 from rawdenoise.contest import load_contest
