@@ -6,13 +6,14 @@
 #
 # Stages so far: setup (a local .venv with requirements.txt), data (the demo set in work/demo/, only
 # when no --data is given), patches (work/patches/<data folder name>/), train (runs/<recipe>/, resumed
-# from its last checkpoint when a previous run of the same recipe was interrupted), score (every entry
+# from its last checkpoint when a previous run of the same recipe was interrupted), size (the trained
+# model against the contest's size limit; over it stops the run), score (every entry
 # on the local leaderboard runs/leaderboard.sqlite; so far the "do nothing" entry, the noisy test
-# inputs, in runs/noisy/). The size gate, predict and pack join as they land.
+# inputs, in runs/noisy/). Predict and pack join as they land.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-STAGES=(setup data patches train score)
+STAGES=(setup data patches train size score)
 PYTHON_BIN="${PYTHON:-python3.11}"
 VENV=.venv
 DATA=""
@@ -156,6 +157,10 @@ stage_train() {
   [[ -t 2 ]] || args+=(--quiet)
   "$VENV/bin/python" train/train.py "${args[@]}"
   write_stamp "$run/.train.done" "$stamp"
+}
+
+stage_size() {
+  "$VENV/bin/python" tools/check_model_size.py "runs/$RECIPE/model.pth" --contest "$CONTEST"
 }
 
 stage_score() {
