@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rawdenoise.models import build_model
+from rawdenoise.tiling import infer, margin_for, receptive_radius
+from submission.predict import _backward, _forward, denoise
+
+MODELS = {
+    "unet": {"widths": [8, 16, 32, 64]},
+    "convnext_unet": {"widths": [8, 16, 32], "kernels": [7, 5, 3]},
+}
+
+
+def trained_like(name: str) -> torch.nn.Module:
+    """Default initialisation plus a non-zero head: a model whose output depends on its neighbourhood."""
+    torch.manual_seed(0)
+    model = build_model(name, **MODELS[name])
+    head = model.head
+    torch.nn.init.normal_(head.weight, std=0.05)
+    return model
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("tile", [16, 40, 64])
+def test_tiles_equal_whole_frame_inference_on_odd_frames(name, tile):
+    model = trained_like(name)
+    x = np.random.default_rng(1).random((4, 107, 141)).astype(np.float32) * 0.6
+    whole = infer(model, x)
+    tiled = infer(model, x, tile=tile)
+    assert tiled.shape == x.shape and np.abs(tiled - whole).max() <= 1e-5
+    # float32 convolutions round differently for different shapes; in float64 what remains is the
+    # tiling itself: influence beyond the measured receptive field, below the probe's tolerance
+    model.double()
+    whole, tiled = infer(model, x), infer(model, x, tile=tile)
+    scale = 15359  # zte2022's white - black
+    assert np.abs(tiled - whole).max() <= 1e-6
+    assert np.mean(np.rint(tiled * scale) == np.rint(whole * scale)) >= 0.9999
+
+
+def test_the_margin_is_measured_from_the_model():
+    identity = build_model("unet", **MODELS["unet"])  # zero head: the output is the input itself
+    assert receptive_radius(identity) == 0
+    model = trained_like("unet")
+    assert receptive_radius(model) > 0
+    assert margin_for(model) % 2**model.depth == 0 and margin_for(model) >= receptive_radius(model)
+
+
+def test_test_time_augmentation_is_invertible_and_exact_for_the_identity():
+    x = np.random.default_rng(2).random((4, 11, 14)).astype(np.float32)
+    for op in range(8):
+        assert np.array_equal(_backward(_forward(x, op), op), x), op
+    identity = build_model("unet", **MODELS["unet"])
+    assert np.allclose(denoise(identity, x, None, tta=True), x, atol=1e-7)
