@@ -7,13 +7,14 @@
 # Stages so far: setup (a local .venv with requirements.txt), data (the demo set in work/demo/, only
 # when no --data is given), patches (work/patches/<data folder name>/), train (runs/<recipe>/, resumed
 # from its last checkpoint when a previous run of the same recipe was interrupted), size (the trained
-# model against the contest's size limit; over it stops the run), score (every entry
-# on the local leaderboard runs/leaderboard.sqlite; so far the "do nothing" entry, the noisy test
-# inputs, in runs/noisy/). Predict and pack join as they land.
+# model against the contest's size limit; over it stops the run), predict (tiled inference on the test
+# inputs into runs/<recipe>/result/data/, and the bilateral classical entry into runs/bilateral/),
+# pack (runs/<recipe>/result.zip, validated), score (every entry on the local leaderboard
+# runs/leaderboard.sqlite: the model's zip, the bilateral filter, and the noisy inputs as "do nothing").
 set -euo pipefail
 cd "$(dirname "$0")"
 
-STAGES=(setup data patches train size score)
+STAGES=(setup data patches train size predict pack score)
 PYTHON_BIN="${PYTHON:-python3.11}"
 VENV=.venv
 DATA=""
@@ -163,17 +164,47 @@ stage_size() {
   "$VENV/bin/python" tools/check_model_size.py "runs/$RECIPE/model.pth" --contest "$CONTEST"
 }
 
-stage_score() {
-  local data folders test_noisy test_gt
+test_folders() {  # prints the test inputs folder and the test ground-truth folder of the data
+  local data folders
   data="$(data_dir)"
   folders="$("$VENV/bin/python" -c 'import sys; from rawdenoise.contest import load_contest as l; c = l(sys.argv[1]).layout; print(c.test_noisy.folder, c.test_gt.folder, sep="\n")' "$CONTEST")"
-  test_noisy="$data/$(sed -n 1p <<<"$folders")"
-  test_gt="$data/$(sed -n 2p <<<"$folders")"
+  echo "$data/$(sed -n 1p <<<"$folders")"
+  echo "$data/$(sed -n 2p <<<"$folders")"
+}
+
+stage_predict() {
+  local test_noisy run="runs/$RECIPE" stamp
+  test_noisy="$(test_folders | sed -n 1p)"
+  stamp="predict $RECIPE $CONTEST $(hash_tree "$test_noisy") $(hash_files "$run/model.pth" submission/predict.py rawdenoise/tiling.py tools/bilateral.py)"
+  if stamp_matches "$run/.predict.done" "$stamp"; then
+    echo "predictions up to date in $run/result/data"
+    return
+  fi
+  local quiet=()
+  [[ -t 2 ]] || quiet=(--quiet)
+  rm -rf "$run/result" runs/bilateral/result
+  "$VENV/bin/python" submission/predict.py --run "$run" --input "$test_noisy" --contest "$CONTEST" "${quiet[@]}"
+  "$VENV/bin/python" tools/bilateral.py --input "$test_noisy" --output runs/bilateral/result/data --contest "$CONTEST" "${quiet[@]}"
+  write_stamp "$run/.predict.done" "$stamp"
+}
+
+stage_pack() {
+  local test_noisy run="runs/$RECIPE"
+  test_noisy="$(test_folders | sed -n 1p)"
+  "$VENV/bin/python" submission/pack.py --run "$run" --input "$test_noisy" --contest "$CONTEST"
+}
+
+stage_score() {
+  local test_noisy test_gt
+  test_noisy="$(test_folders | sed -n 1p)"
+  test_gt="$(test_folders | sed -n 2p)"
   if [[ ! -d "$test_gt" ]]; then
-    echo "no test ground truth in $test_gt: nothing to score locally yet"
+    echo "no test ground truth in $test_gt: the contest scores runs/$RECIPE/result.zip; nothing to score locally"
     return
   fi
   score_entry noisy "$test_noisy" "$test_gt"
+  score_entry bilateral runs/bilateral/result/data "$test_gt"
+  score_entry "$RECIPE" "runs/$RECIPE" "$test_gt"
 }
 
 declare -a TIMES=()

@@ -1,0 +1,161 @@
+"""Pack a run's predictions into the contest's submission zip, validated before a byte is written.
+
+    python submission/pack.py --run runs/demo [--input work/demo/testset] [--output runs/demo/result.zip]
+
+Checks: a prediction for every test input; each re-reads with rawpy with its input's shape, CFA and
+levels, values in [black, white]; the weights within the size limit and loadable into network.py's
+class. network.py is the model's own source file plus MODEL_ARGS and build_network(). The zip is
+written to a temporary name, re-read as the scorer reads submissions, then renamed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":  # as a script, make the repository's packages importable the same way as tests do
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import argparse
+import json
+import tomllib
+import zipfile
+
+import numpy as np
+import torch
+
+from rawdenoise import cli
+from rawdenoise.contest import FilePattern, load_contest
+from rawdenoise.errors import InputError
+from rawdenoise.files import atomic_path
+from rawdenoise.models import REGISTRY, source_file
+from rawdenoise.raw import read
+from rawdenoise.submission import open_submission
+
+
+def network_source(name: str, model_args: dict) -> str:
+    """The model's self-contained file, then the run's arguments and the contest's entry point."""
+    class_name = REGISTRY[name][1]
+    return (
+        source_file(name).read_text()
+        + f"\n\nMODEL_ARGS = {json.dumps(model_args)}\n\n\n"
+        + f"def build_network():\n    return {class_name}(**MODEL_ARGS)\n"
+    )
+
+
+def check_network(source: str, weights: Path) -> int:
+    """Run the generated network.py (our own code) and load the weights into it; the parameter count."""
+    namespace: dict = {"__name__": "network"}
+    exec(compile(source, "network.py", "exec"), namespace)
+    model = namespace["build_network"]()
+    try:
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except Exception as err:  # a mismatch shows up as one of several torch errors
+        raise InputError(f"{weights}: does not load into network.py's model ({type(err).__name__}: {err})") from None
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_predictions(inputs: dict[int, Path], data_dir: Path, contest) -> dict[int, Path]:
+    output = FilePattern(contest.submission.output.pattern)
+    found = output.find(data_dir) if data_dir.is_dir() else {}
+    missing = sorted(set(inputs) - set(found))
+    if missing:
+        raise InputError(f"{data_dir}: missing predictions {', '.join(output.name(i) for i in missing)}")
+    extra = sorted(set(found) - set(inputs))
+    if extra:
+        raise InputError(f"{data_dir}: predictions without a test input: {', '.join(output.name(i) for i in extra)}")
+    for i, path in found.items():
+        source, pred = read(inputs[i], contest), read(path, contest)
+        if pred.mosaic.shape != source.mosaic.shape:
+            raise InputError(f"{path}: shape {pred.mosaic.shape}, its input {inputs[i].name} is {source.mosaic.shape}")
+        if pred.cfa != source.cfa or not np.array_equal(pred.black, source.black) or pred.white != source.white:
+            raise InputError(f"{path}: CFA or levels differ from its input {inputs[i].name}")
+        tiles = pred.mosaic.reshape(-1, 2, pred.mosaic.shape[1] // 2, 2)
+        if (tiles.min(axis=(0, 2)) < pred.black).any() or pred.mosaic.max() > pred.white:
+            raise InputError(f"{path}: values outside [black, white]")
+    return found
+
+
+def readme_text(run: Path, recipe: dict, params: int, weights_bytes: int, contest) -> str:
+    model, train, data = recipe["model"], recipe.get("train", {}), recipe.get("data", {})
+    lines = [
+        f"# {run.name}: {model['name']}",
+        "",
+        f"Raw Bayer denoiser for {contest.title}. The network predicts the noise residual (out = x + f(x)) on",
+        "the mosaic packed into 4 channels (R, Gr, Gb, B), normalised by the black and white levels.",
+        "",
+        f"- model: `{model['name']}` with arguments `{json.dumps(model.get('args', {}))}`",
+        f"- parameters: {params:,}; weights: {weights_bytes:,} bytes (fp32 state_dict, EMA of the best validation step)",
+        f"- training: {train.get('iterations')} iterations, batch {train.get('batch')}, crops of {data.get('crop')} packed "
+        f"pixels, {train.get('loss', 'l1')} loss, AdamW lr {train.get('lr')}, EMA {train.get('ema')}",
+        "- inference: tiled, with a margin of the network's measured receptive field (equal to whole-frame)",
+        "",
+        "Load with `from network import build_network; model = build_network();`",
+        "`model.load_state_dict(torch.load('model.pth'))`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def test_inputs_for(run: Path, recipe: dict, contest) -> Path:
+    """The test inputs of the data the run was trained on, when --input is not given."""
+    store = recipe.get("data", {}).get("patches")
+    meta = Path(store) / "meta.json" if store else None
+    if meta and meta.is_file():
+        info = json.loads(meta.read_text())
+        root = Path(info["local_test"]) if info.get("local_test") else Path(info["key"]["data"])
+        return root / contest.layout.test_noisy.folder
+    raise InputError(f"{run}: cannot tell which test inputs to check against; pass --input DIR")
+
+
+def pack_run(run: Path, contest, input_dir: Path | None = None, output: Path | None = None) -> Path:
+    config_path, weights = run / "config.toml", run / "model.pth"
+    if not config_path.is_file():
+        raise InputError(f"{run}: not a run folder (no config.toml)")
+    if not weights.is_file():
+        raise InputError(f"{weights}: no weights (has training finished?)")
+    recipe = tomllib.loads(config_path.read_text())
+    size, limit = weights.stat().st_size, contest.submission.max_model_bytes
+    if size > limit:
+        raise InputError(f"{weights}: {size:,} bytes ({size / 1e6:.2f} MB) is over {contest.name}'s limit of {limit:,} bytes")
+    input_dir = input_dir or test_inputs_for(run, recipe, contest)
+    inputs = FilePattern(Path(contest.layout.test_noisy.pattern).name).find(input_dir)
+    if not inputs:
+        raise InputError(f"{input_dir}: no test inputs")
+    predictions = check_predictions(inputs, run / contest.submission.data_dir, contest)
+    source = network_source(recipe["model"]["name"], recipe["model"].get("args", {}))
+    params = check_network(source, weights)
+    sub = contest.submission
+    output = output or run / "result.zip"
+    with atomic_path(output) as tmp:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
+            for i, path in predictions.items():
+                zf.write(path, sub.member(i))
+            zf.writestr(sub.network, source)
+            zf.write(weights, sub.weights)
+            zf.writestr(sub.readme, readme_text(run, recipe, params, size, contest))
+        check = open_submission(tmp, contest)  # read back as the scorer will
+        if set(check.images) != set(predictions) or None in (check.network, check.weights, check.readme):
+            raise RuntimeError(f"{tmp}: the written zip does not hold the expected members")
+    return output
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Validate a run's predictions and weights and write the submission zip.")
+    parser.add_argument("--run", required=True, help="run folder: config.toml, model.pth and result/data/")
+    parser.add_argument("--input", help="the test inputs to check against (default: those of the run's data)")
+    parser.add_argument("--output", help="zip to write (default: RUN/result.zip)")
+    cli.add_contest_argument(parser)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    contest = load_contest(args.contest)
+    out = pack_run(Path(args.run), contest, Path(args.input) if args.input else None,
+                   Path(args.output) if args.output else None)  # fmt: skip
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

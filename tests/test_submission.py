@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rawdenoise.contest import load_contest
+from rawdenoise.demo import make_demo_dataset
+from rawdenoise.metrics import psnr
+from rawdenoise.models import build_model
+from rawdenoise.raw import read
+from train.config import write_toml
+
+ROOT = Path(__file__).resolve().parent.parent
+ZTE = load_contest("zte2022")
+ARGS = {"widths": [8, 16, 32]}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return make_demo_dataset(tmp_path_factory.mktemp("d") / "demo", ZTE, size=(128, 192), progress=False)
+
+
+def make_run(path: Path, head_std: float = 0.0) -> Path:
+    """A finished run folder: config.toml and model.pth (the identity when head_std is 0)."""
+    torch.manual_seed(0)
+    model = build_model("unet", **ARGS)
+    if head_std:
+        torch.nn.init.normal_(model.head.weight, std=head_std)
+    path.mkdir(parents=True)
+    write_toml(path / "config.toml", {"model": {"name": "unet", "args": ARGS}, "data": {"crop": 32},
+                                      "train": {"iterations": 1, "batch": 1, "lr": 1e-3, "seed": 0}})  # fmt: skip
+    torch.save(model.state_dict(), path / "model.pth")
+    return path
+
+
+def tool(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / script), *args, "--quiet"] if script != "submission/pack.py"
+                          else [sys.executable, str(ROOT / script), *args], capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+
+
+def test_predict_writes_denoised_frames_into_copies_of_their_containers(demo, tmp_path):
+    run = make_run(tmp_path / "identity")
+    result = tool("submission/predict.py", "--run", str(run), "--input", str(demo / "testset"), "--tile", "32")
+    assert result.returncode == 0, result.stderr
+    outputs = sorted((run / "result" / "data").iterdir())
+    assert len(outputs) == len(list((demo / "testset").iterdir()))
+    for out in outputs:  # the identity model changes nothing: every byte equals the input's
+        source = demo / "testset" / out.name.replace("denoise", "noisy")
+        assert out.read_bytes() == source.read_bytes()
+
+
+def test_predict_with_a_real_model_stays_in_range_and_tiles_match_whole_frames(demo, tmp_path):
+    run = make_run(tmp_path / "run", head_std=0.05)
+    tiled, whole = tmp_path / "tiled", tmp_path / "whole"
+    assert tool("submission/predict.py", "--run", str(run), "--input", str(demo / "testset"), "--output", str(tiled),
+                "--tile", "32").returncode == 0  # fmt: skip
+    assert tool("submission/predict.py", "--run", str(run), "--input", str(demo / "testset"), "--output", str(whole),
+                "--tile", "0", "--tta").returncode == 0  # fmt: skip
+    a, b = read(tiled / "denoise0.dng", ZTE).mosaic, read(whole / "denoise0.dng", ZTE).mosaic
+    assert a.min() >= 1024 and a.max() <= 16383 and not np.array_equal(a, b)  # TTA changes the result
+    plain = tmp_path / "plain"
+    assert tool("submission/predict.py", "--run", str(run), "--input", str(demo / "testset"), "--output", str(plain),
+                "--tile", "0").returncode == 0  # fmt: skip
+    c = read(plain / "denoise0.dng", ZTE).mosaic
+    assert np.mean(a == c) >= 0.9999  # tiled and whole-frame outputs agree after rounding
+
+
+def test_predict_refuses_what_it_cannot_do_before_computing(demo, tmp_path):
+    result = tool("submission/predict.py", "--run", str(tmp_path / "none"), "--input", str(demo / "testset"))
+    assert result.returncode == 2 and "config.toml" in result.stderr
+    run = make_run(tmp_path / "run")
+    (run / "model.pth").unlink()
+    result = tool("submission/predict.py", "--run", str(run), "--input", str(demo / "testset"))
+    assert result.returncode == 2 and "model.pth" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_pack_writes_exactly_the_contest_layout_and_the_network_loads(demo, tmp_path):
+    run = make_run(tmp_path / "run", head_std=0.05)
+    assert tool("submission/predict.py", "--run", str(run), "--input", str(demo / "testset")).returncode == 0
+    result = tool("submission/pack.py", "--run", str(run), "--input", str(demo / "testset"))
+    assert result.returncode == 0, result.stderr
+    with zipfile.ZipFile(run / "result.zip") as zf:
+        names = set(zf.namelist())
+        n = len(list((demo / "testset").iterdir()))
+        assert names == {f"result/data/denoise{i}.dng" for i in range(n)} | {
+            "result/algorithm/models/network.py", "result/algorithm/models/model.pth", "result/algorithm/README.md"}
+        source = zf.read("result/algorithm/models/network.py").decode()
+        weights = zf.read("result/algorithm/models/model.pth")
+    assert "import torch" in source and "rawdenoise" not in source
+    namespace = {}
+    exec(source, namespace)  # what the organisers do: build_network() and load the weights
+    model = namespace["build_network"]()
+    (tmp_path / "w.pth").write_bytes(weights)
+    model.load_state_dict(torch.load(tmp_path / "w.pth", weights_only=True))
+    score = subprocess.run([sys.executable, str(ROOT / "tools/score.py"), str(run), str(demo / "testset_gt"), "--json"],
+                           capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert score.returncode == 0, score.stderr
+
+
+def test_pack_refuses_missing_predictions_and_over_limit_weights_and_writes_nothing(demo, tmp_path):
+    run = make_run(tmp_path / "run")
+    assert tool("submission/predict.py", "--run", str(run), "--input", str(demo / "testset")).returncode == 0
+    (run / "result" / "data" / "denoise3.dng").unlink()
+    result = tool("submission/pack.py", "--run", str(run), "--input", str(demo / "testset"))
+    assert result.returncode == 2 and "denoise3.dng" in result.stderr
+    assert not (run / "result.zip").exists()
+    shutil.copy(demo / "testset" / "noisy3.dng", run / "result" / "data" / "denoise3.dng")
+    small = tmp_path / "small.toml"
+    small.write_text(ZTE.path.read_text().replace("max_model_bytes = 50_000_000", "max_model_bytes = 1000"))
+    result = tool("submission/pack.py", "--run", str(run), "--input", str(demo / "testset"), "--contest", str(small))
+    assert result.returncode == 2 and "over" in result.stderr and not (run / "result.zip").exists()
+    assert tool("submission/pack.py", "--run", str(run), "--input", str(demo / "testset")).returncode == 0
+
+
+def test_bilateral_entry_denoises_and_writes_the_submission_names(demo, tmp_path):
+    out = tmp_path / "bilateral"
+    result = tool("tools/bilateral.py", "--input", str(demo / "testset"), "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    gt, noisy, filtered = (read(p, ZTE).mosaic for p in
+                           (demo / "testset_gt/gt4.dng", demo / "testset/noisy4.dng", out / "denoise4.dng"))  # fmt: skip
+    assert psnr(gt, filtered, 16383) > psnr(gt, noisy, 16383) + 1  # the heaviest training noise type
