@@ -70,11 +70,12 @@ def margin_for(model: torch.nn.Module) -> int:
     return int(math.ceil(receptive_radius(model) / m) * m)
 
 
-def infer(model: torch.nn.Module, packed, tile: int | None = None, batch: int = 4) -> np.ndarray:
+def infer(model: torch.nn.Module, packed, tile: int | None = None, batch: int = 1, margin: int | None = None) -> np.ndarray:
     """(4, h, w) normalised packed frame -> the model's (4, h, w) float32 output.
 
     tile=None runs the whole frame at once; tile=N (packed pixels, rounded up to 2**depth) runs
-    N x N tiles with a receptive-field margin, equal to whole-frame inference within 1e-5.
+    N x N tiles with a receptive-field margin, equal to whole-frame inference within 1e-5. `margin`
+    (packed pixels, rounded up to 2**depth) overrides the measured one.
     """
     device = next(model.parameters()).device
     x = torch.as_tensor(np.asarray(packed, dtype=np.float32) if not torch.is_tensor(packed) else packed)
@@ -87,15 +88,15 @@ def infer(model: torch.nn.Module, packed, tile: int | None = None, batch: int = 
         with torch.inference_mode():
             if tile is None:
                 return _run(model, x[None])[0].cpu().numpy()
-            return _tiled(model, x, tile, batch)
+            return _tiled(model, x, tile, batch, margin)
     finally:
         model.train(was_training)
 
 
-def _tiled(model, x: torch.Tensor, tile: int, batch: int) -> np.ndarray:
+def _tiled(model, x: torch.Tensor, tile: int, batch: int, margin: int | None) -> np.ndarray:
     m = _alignment(model)
     tile = max(m, int(math.ceil(tile / m) * m))
-    margin = margin_for(model)
+    margin = margin_for(model) if margin is None else int(math.ceil(margin / m) * m)
     _, h, w = x.shape
     out = np.empty(tuple(x.shape), dtype=np.float64 if x.dtype == torch.float64 else np.float32)
     groups = defaultdict(list)  # window shape -> [(window, keep)], so equal shapes share a batch

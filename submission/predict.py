@@ -32,7 +32,7 @@ from rawdenoise.tiff import locate_raw
 from rawdenoise.tiling import infer
 
 CANONICAL = "RGGB"  # the packed order R, Gr, Gb, B as a mosaic, as training augmented it
-DEFAULT_TILE = 512  # packed pixels: bounded memory on any frame size
+DEFAULT_TILE = 384  # packed pixels: peak RSS under 1 GB on a contest frame with the baseline U-Net (bench_tiling)
 
 
 def _forward(packed: np.ndarray, op: int) -> np.ndarray:
