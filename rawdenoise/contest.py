@@ -43,6 +43,11 @@ class FilePattern:
     def name(self, i: int) -> str:
         return Path(self.pattern).name.replace("{i}", str(int(i)))
 
+    @property
+    def bare(self) -> "FilePattern":
+        """The same names without the folder: for a folder given directly (GT, test inputs, predictions)."""
+        return FilePattern(Path(self.pattern).name)
+
     def path(self, root: str | Path, i: int) -> Path:
         return Path(root) / self.folder / self.name(i)
 

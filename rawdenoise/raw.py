@@ -120,6 +120,19 @@ class RawFrame:
         return denormalise(unpack(packed, self.cfa), self.black, self.white)
 
 
+def check_levels(frame: RawFrame, where) -> None:
+    """Refuse a frame with values outside [black, white] (black per mosaic position): a prediction must
+    lie there, as the contest requires."""
+    tiles = _tiles(frame.mosaic)
+    if (tiles.min(axis=(0, 2)) < frame.black).any() or frame.mosaic.max() > frame.white:
+        low = int((tiles < frame.black[None, :, None, :]).sum())
+        high = int((frame.mosaic > frame.white).sum())
+        raise InputError(
+            f"{where}: {low} values below the black level and {high} above the white level {frame.white}; "
+            "predictions must lie in [black, white]"
+        )
+
+
 def read(path: str | os.PathLike, contest=None) -> RawFrame:
     """Read a Bayer DNG. With a contest profile, its CFA and levels must agree with the profile's."""
     path = Path(path)

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from rawdenoise.contest import FilePattern, load_contest
+from rawdenoise.contest import load_contest
 from rawdenoise.errors import InputError
 from rawdenoise.metrics import frame_metrics, limit_threads_for_workers, summarise
-from rawdenoise.raw import decode, read
+from rawdenoise.raw import check_levels, decode, read
 from rawdenoise.submission import MAX_IMAGE_BYTES, SubmissionZip, open_submission
 
 CROP = 256  # mosaic pixels per side of the report's crops
@@ -58,19 +58,15 @@ class Predictions:
     submission: SubmissionZip | None
 
 
-def bare(pattern: FilePattern) -> FilePattern:
-    return FilePattern(Path(pattern.pattern).name)
-
-
 def resolve(pred: str | Path, gt_dir: str | Path, contest, noisy_dir: str | Path | None = None) -> Predictions:
     """Pair every ground-truth frame in gt_dir with its prediction; missing or extra images are errors."""
     pred, gt_dir = Path(pred), Path(gt_dir)
     if not gt_dir.is_dir():
         raise InputError(f"{gt_dir}: ground-truth folder not found")
-    gts = bare(contest.layout.test_gt).find(gt_dir)
+    gts = contest.layout.test_gt.bare.find(gt_dir)
     if not gts:
-        raise InputError(f"{gt_dir}: no ground truth named like {bare(contest.layout.test_gt).pattern}")
-    noisy = bare(contest.layout.test_noisy).find(noisy_dir) if noisy_dir and Path(noisy_dir).is_dir() else {}
+        raise InputError(f"{gt_dir}: no ground truth named like {contest.layout.test_gt.bare.pattern}")
+    noisy = contest.layout.test_noisy.bare.find(noisy_dir) if noisy_dir and Path(noisy_dir).is_dir() else {}
     submission = None
     if pred.is_dir() and (pred / "result.zip").is_file():
         pred = pred / "result.zip"  # a run folder
@@ -81,7 +77,7 @@ def resolve(pred: str | Path, gt_dir: str | Path, contest, noisy_dir: str | Path
     elif pred.is_dir():
         found, source = {}, "folder"
         for source_name, pattern in (("folder", contest.submission.output), ("noisy", contest.layout.test_noisy)):
-            files = bare(pattern).find(pred)
+            files = pattern.bare.find(pred)
             if files:
                 found, source = {i: (p, None) for i, p in files.items()}, source_name
                 break
@@ -90,7 +86,7 @@ def resolve(pred: str | Path, gt_dir: str | Path, contest, noisy_dir: str | Path
         raise InputError(f"{pred}: no such zip, run folder or folder of predictions")
     missing = sorted(set(gts) - set(found))
     extra = sorted(set(found) - set(gts))
-    names = bare(contest.submission.output) if source != "noisy" else bare(contest.layout.test_noisy)
+    names = contest.submission.output.bare if source != "noisy" else contest.layout.test_noisy.bare
     if missing:
         raise InputError(f"{label}: missing predictions {', '.join(names.name(i) for i in missing)}")
     if extra:
@@ -133,14 +129,7 @@ def load_pair(pair: Pair, contest, with_noisy: bool = False) -> LoadedPair:
     pred = _read_prediction(pair, contest)
     if pred.mosaic.shape != gt.mosaic.shape:
         raise InputError(f"{pair.where}: shape {pred.mosaic.shape} differs from {pair.gt.name}'s {gt.mosaic.shape}")
-    tiles = pred.mosaic.reshape(-1, 2, pred.mosaic.shape[1] // 2, 2)  # black is per 2x2 position
-    if (tiles.min(axis=(0, 2)) < pred.black).any() or pred.mosaic.max() > pred.white:
-        low = int((tiles < pred.black[None, :, None, :]).sum())
-        high = int((pred.mosaic > pred.white).sum())
-        raise InputError(
-            f"{pair.where}: {low} values below the black level and {high} above the white level "
-            f"{pred.white}; predictions must lie in [black, white]"
-        )
+    check_levels(pred, pair.where)
     noisy = read(pair.noisy, contest) if with_noisy and pair.noisy is not None else None
     return LoadedPair(pair, gt, pred, noisy)
 

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 from rawdenoise import cli
-from rawdenoise.contest import FilePattern, load_contest
+from rawdenoise.contest import load_contest
 from rawdenoise.errors import InputError
 from rawdenoise.files import atomic_path
 from rawdenoise.models import REGISTRY, source_file
-from rawdenoise.raw import read
+from rawdenoise.raw import check_levels, read
 from rawdenoise.submission import open_submission
 
 
@@ -56,7 +56,7 @@ def check_network(source: str, weights: Path) -> int:
 
 
 def check_predictions(inputs: dict[int, Path], data_dir: Path, contest) -> dict[int, Path]:
-    output = FilePattern(contest.submission.output.pattern)
+    output = contest.submission.output
     found = output.find(data_dir) if data_dir.is_dir() else {}
     missing = sorted(set(inputs) - set(found))
     if missing:
@@ -70,9 +70,7 @@ def check_predictions(inputs: dict[int, Path], data_dir: Path, contest) -> dict[
             raise InputError(f"{path}: shape {pred.mosaic.shape}, its input {inputs[i].name} is {source.mosaic.shape}")
         if pred.cfa != source.cfa or not np.array_equal(pred.black, source.black) or pred.white != source.white:
             raise InputError(f"{path}: CFA or levels differ from its input {inputs[i].name}")
-        tiles = pred.mosaic.reshape(-1, 2, pred.mosaic.shape[1] // 2, 2)
-        if (tiles.min(axis=(0, 2)) < pred.black).any() or pred.mosaic.max() > pred.white:
-            raise InputError(f"{path}: values outside [black, white]")
+        check_levels(pred, path)
     return found
 
 
@@ -118,7 +116,7 @@ def pack_run(run: Path, contest, input_dir: Path | None = None, output: Path | N
     if size > limit:
         raise InputError(f"{weights}: {size:,} bytes ({size / 1e6:.2f} MB) is over {contest.name}'s limit of {limit:,} bytes")
     input_dir = input_dir or test_inputs_for(run, recipe, contest)
-    inputs = FilePattern(Path(contest.layout.test_noisy.pattern).name).find(input_dir)
+    inputs = contest.layout.test_noisy.bare.find(input_dir)
     if not inputs:
         raise InputError(f"{input_dir}: no test inputs")
     predictions = check_predictions(inputs, run / contest.submission.data_dir, contest)

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from rawdenoise import cli
-from rawdenoise.contest import FilePattern, load_contest
+from rawdenoise.contest import load_contest
 from rawdenoise.errors import InputError
 from rawdenoise.models import build_model
 from rawdenoise.raw import pack, read, unpack, write_back
@@ -100,9 +100,9 @@ def load_model(run: Path | None, weights: Path | None, name: str | None, model_a
 
 
 def predict_folder(model, input_dir: Path, output_dir: Path, contest, tile: int | None, tta: bool, progress: bool) -> list[Path]:
-    inputs = FilePattern(Path(contest.layout.test_noisy.pattern).name).find(input_dir)
+    inputs = contest.layout.test_noisy.bare.find(input_dir)
     if not inputs:
-        raise InputError(f"{input_dir}: no test inputs named like {Path(contest.layout.test_noisy.pattern).name}")
+        raise InputError(f"{input_dir}: no test inputs named like {contest.layout.test_noisy.bare.pattern}")
     for path in inputs.values():  # refuse a container we cannot write back before spending any compute
         layout = locate_raw(path)
         if layout.compression != 1 or layout.bits_per_sample != 16:

@@ -228,6 +228,7 @@ def test_wrong_shape_cfa_and_out_of_range_predictions_are_named(demo, tmp_path):
         p = resolve(tmp_path / "pred", gt_dir, ZTE)
         with pytest.raises(InputError, match=rf"denoise2\.dng.*{message}"):
             score_pairs(p.pairs, ZTE, workers=1)
+            pytest.fail(f"{label}: accepted")
         files[2].write_bytes(original)
 
 

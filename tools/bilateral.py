@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rawdenoise import cli
-from rawdenoise.contest import FilePattern, load_contest
+from rawdenoise.contest import load_contest
 from rawdenoise.errors import InputError
 from rawdenoise.raw import read, write_back
 
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     if args.radius < 1 or args.sigma_space <= 0 or args.sigma_color <= 0:
         raise InputError("--radius must be at least 1 and both sigmas positive")
     contest = load_contest(args.contest)
-    inputs = FilePattern(Path(contest.layout.test_noisy.pattern).name).find(args.input)
+    inputs = contest.layout.test_noisy.bare.find(args.input)
     if not inputs:
         raise InputError(f"{args.input}: no test inputs")
     output = Path(args.output)
