@@ -164,47 +164,64 @@ stage_size() {
   "$VENV/bin/python" tools/check_model_size.py "runs/$RECIPE/model.pth" --contest "$CONTEST"
 }
 
-test_folders() {  # prints the test inputs folder and the test ground-truth folder of the data
-  local data folders
+layout_folders() {  # the profile's test-input and test-ground-truth folder names
+  "$VENV/bin/python" -c 'import sys; from rawdenoise.contest import load_contest as l; c = l(sys.argv[1]).layout; print(c.test_noisy.folder, c.test_gt.folder)' "$CONTEST"
+}
+
+# The set scored locally: the data's own test set when it has ground truth (the demo does), else the
+# validation frames make_patches kept aside as a local test set (real contest data has no test GT).
+scoring_root() {
+  local data gt_folder
   data="$(data_dir)"
-  folders="$("$VENV/bin/python" -c 'import sys; from rawdenoise.contest import load_contest as l; c = l(sys.argv[1]).layout; print(c.test_noisy.folder, c.test_gt.folder, sep="\n")' "$CONTEST")"
-  echo "$data/$(sed -n 1p <<<"$folders")"
-  echo "$data/$(sed -n 2p <<<"$folders")"
+  read -r _ gt_folder <<<"$(layout_folders)"
+  if [[ -d "$data/$gt_folder" ]]; then echo "$data"; elif [[ -d "$(patch_store)/localtest" ]]; then echo "$(patch_store)/localtest"; fi
 }
 
 stage_predict() {
-  local test_noisy run="runs/$RECIPE" stamp
-  test_noisy="$(test_folders | sed -n 1p)"
-  stamp="predict $RECIPE $CONTEST $(hash_tree "$test_noisy") $(hash_files "$run/model.pth" submission/predict.py rawdenoise/tiling.py tools/bilateral.py)"
+  local run="runs/$RECIPE" noisy_folder gt_folder scoring stamp quiet=()
+  read -r noisy_folder gt_folder <<<"$(layout_folders)"
+  scoring="$(scoring_root)"
+  stamp="predict $RECIPE $CONTEST $(hash_tree "$(data_dir)/$noisy_folder" ${scoring:+"$scoring"}) $(hash_files "$run/model.pth" submission/predict.py rawdenoise/tiling.py tools/bilateral.py)"
   if stamp_matches "$run/.predict.done" "$stamp"; then
     echo "predictions up to date in $run/result/data"
     return
   fi
-  local quiet=()
   [[ -t 2 ]] || quiet=(--quiet)
-  rm -rf "$run/result" runs/bilateral/result
-  "$VENV/bin/python" submission/predict.py --run "$run" --input "$test_noisy" --contest "$CONTEST" "${quiet[@]}"
-  "$VENV/bin/python" tools/bilateral.py --input "$test_noisy" --output runs/bilateral/result/data --contest "$CONTEST" "${quiet[@]}"
+  rm -rf "$run/result" "$run/localtest" runs/bilateral/result
+  "$VENV/bin/python" submission/predict.py --run "$run" --input "$(data_dir)/$noisy_folder" --contest "$CONTEST" "${quiet[@]}"
+  if [[ -n "$scoring" && "$scoring" != "$(data_dir)" ]]; then
+    "$VENV/bin/python" submission/predict.py --run "$run" --input "$scoring/$noisy_folder" \
+      --output "$run/localtest/data" --contest "$CONTEST" "${quiet[@]}"
+  fi
+  if [[ -n "$scoring" ]]; then
+    "$VENV/bin/python" tools/bilateral.py --input "$scoring/$noisy_folder" --output runs/bilateral/result/data \
+      --contest "$CONTEST" "${quiet[@]}"
+  fi
   write_stamp "$run/.predict.done" "$stamp"
 }
 
 stage_pack() {
-  local test_noisy run="runs/$RECIPE"
-  test_noisy="$(test_folders | sed -n 1p)"
-  "$VENV/bin/python" submission/pack.py --run "$run" --input "$test_noisy" --contest "$CONTEST"
+  local noisy_folder
+  read -r noisy_folder _ <<<"$(layout_folders)"
+  "$VENV/bin/python" submission/pack.py --run "runs/$RECIPE" --input "$(data_dir)/$noisy_folder" --contest "$CONTEST"
 }
 
 stage_score() {
-  local test_noisy test_gt
-  test_noisy="$(test_folders | sed -n 1p)"
-  test_gt="$(test_folders | sed -n 2p)"
-  if [[ ! -d "$test_gt" ]]; then
-    echo "no test ground truth in $test_gt: the contest scores runs/$RECIPE/result.zip; nothing to score locally"
+  local scoring noisy_folder gt_folder
+  scoring="$(scoring_root)"
+  read -r noisy_folder gt_folder <<<"$(layout_folders)"
+  if [[ -z "$scoring" ]]; then
+    echo "no test ground truth and no local test set: nothing to score locally"
     return
   fi
-  score_entry noisy "$test_noisy" "$test_gt"
-  score_entry bilateral runs/bilateral/result/data "$test_gt"
-  score_entry "$RECIPE" "runs/$RECIPE" "$test_gt"
+  [[ "$scoring" == "$(data_dir)" ]] || echo "scoring on the local test set in $scoring (validation frames kept aside)"
+  score_entry noisy "$scoring/$noisy_folder" "$scoring/$gt_folder"
+  score_entry bilateral runs/bilateral/result/data "$scoring/$gt_folder"
+  if [[ "$scoring" == "$(data_dir)" ]]; then
+    score_entry "$RECIPE" "runs/$RECIPE" "$scoring/$gt_folder"
+  else
+    score_entry "$RECIPE" "runs/$RECIPE/localtest/data" "$scoring/$gt_folder"
+  fi
 }
 
 declare -a TIMES=()
