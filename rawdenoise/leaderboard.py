@@ -14,11 +14,12 @@ from pathlib import Path
 
 from rawdenoise.files import atomic_path
 
-COLUMNS = ["contest", "name", "score", "psnr", "ssim", "images", "model", "params", "weights_bytes", "source", "scored_at"]
+COLUMNS = ["contest", "testset", "name", "score", "psnr", "ssim", "images", "model", "params", "weights_bytes", "source", "scored_at"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     contest TEXT NOT NULL,
+    testset TEXT NOT NULL,
     name TEXT NOT NULL,
     score REAL NOT NULL,
     psnr REAL NOT NULL,
@@ -29,14 +30,17 @@ CREATE TABLE IF NOT EXISTS runs (
     weights_bytes INTEGER,
     source TEXT,
     scored_at TEXT NOT NULL,
-    PRIMARY KEY (contest, name)
+    PRIMARY KEY (contest, testset, name)
 )
 """
 
 
 @dataclass
 class Entry:
+    """One run on one test set: runs are ranked only against runs scored on the same ground truth."""
+
     contest: str
+    testset: str  # the ground-truth folder, resolved
     name: str
     score: float
     psnr: float
@@ -54,11 +58,15 @@ def _connect(db: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(db, timeout=60, isolation_level=None)
     conn.execute("PRAGMA busy_timeout = 60000")
     conn.execute(_SCHEMA)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+    if "testset" not in columns:  # a board from before runs were told apart by test set: keep it aside
+        conn.execute("ALTER TABLE runs RENAME TO runs_without_testset")
+        conn.execute(_SCHEMA)
     return conn
 
 
 def record(db: str | Path, entry: Entry, csv_path: str | Path | None = None) -> None:
-    """Insert or replace (same contest and name) one run; optionally re-export the board to CSV."""
+    """Insert or replace (same contest, test set and name) one run; optionally re-export the board to CSV."""
     db = Path(db)
     entry.scored_at = entry.scored_at or datetime.now(timezone.utc).isoformat(timespec="seconds")
     row = asdict(entry)
@@ -79,14 +87,16 @@ def record(db: str | Path, entry: Entry, csv_path: str | Path | None = None) -> 
         conn.close()
 
 
-def ranked(db: str | Path, contest: str | None = None) -> list[Entry]:
-    """Best score first; ties go to the earlier run."""
+def ranked(db: str | Path, contest: str | None = None, testset: str | None = None) -> list[Entry]:
+    """Best score first; ties go to the earlier run. Filter by contest and test set when given."""
     db = Path(db)
     if not db.is_file():
         return []
     conn = _connect(db)
     try:
-        where, args = ("WHERE contest = ?", [contest]) if contest else ("", [])
+        filters = [(c, v) for c, v in (("contest", contest), ("testset", testset)) if v]
+        where = ("WHERE " + " AND ".join(f"{c} = ?" for c, _ in filters)) if filters else ""
+        args = [v for _, v in filters]
         rows = conn.execute(
             f"SELECT {', '.join(COLUMNS)} FROM runs {where} ORDER BY score DESC, scored_at ASC", args
         ).fetchall()
@@ -98,7 +108,8 @@ def ranked(db: str | Path, contest: str | None = None) -> list[Entry]:
 def _export(conn: sqlite3.Connection, csv_path: Path) -> None:
     import pandas as pd
 
-    frame = pd.read_sql_query(f"SELECT {', '.join(COLUMNS)} FROM runs ORDER BY contest, score DESC", conn)
-    frame.insert(2, "rank", frame.groupby("contest")["score"].rank(ascending=False, method="min").astype(int))
+    frame = pd.read_sql_query(f"SELECT {', '.join(COLUMNS)} FROM runs ORDER BY contest, testset, score DESC", conn)
+    ranks = frame.groupby(["contest", "testset"])["score"].rank(ascending=False, method="min")
+    frame.insert(3, "rank", ranks.astype(int))
     with atomic_path(csv_path) as tmp:
         frame.to_csv(tmp, index=False)

@@ -136,11 +136,15 @@ def test_cli_records_runs_ranks_them_and_writes_csv_and_html(demo, tmp_path):
         "--csv", str(tmp_path / "scores.csv"), "--html", str(tmp_path / "report.html"),
     )  # fmt: skip
     assert good.returncode == 0, good.stderr
-    board = ranked(db, "zte2022")
+    board = ranked(db, "zte2022", str((demo / "testset_gt").resolve()))
     assert [e.name for e in board] == ["good", "noisy"]
+    other_gt = tmp_path / "other_gt"  # another test set: its own board, never mixed with this one
+    shutil.copytree(demo / "testset_gt", other_gt)
+    assert run_score(str(demo / "testset"), str(other_gt), "--name", "noisy", "--leaderboard", str(db)).returncode == 0
+    assert len(ranked(db, "zte2022")) == 3 and len(ranked(db, "zte2022", str(other_gt.resolve()))) == 1
     assert board[0].model == "TinyNet" and board[0].params == 4 * 4 * 9 + 4 and board[0].weights_bytes > 0
     assert "leaderboard" in good.stdout and good.stdout.index(" good ") < good.stdout.index(" noisy ")
-    assert (tmp_path / "board.csv").read_text().count("\n") == 3
+    assert (tmp_path / "board.csv").read_text().count("\n") == 4
     rows = (tmp_path / "scores.csv").read_text().splitlines()
     assert rows[0] == "name,psnr,ssim,score" and rows[-1].startswith("mean,")
     page = (tmp_path / "report.html").read_text()
@@ -150,7 +154,7 @@ def test_cli_records_runs_ranks_them_and_writes_csv_and_html(demo, tmp_path):
 
 def _record_many(db: str, prefix: str, n: int) -> None:
     for k in range(n):
-        record(db, Entry("zte2022", f"{prefix}{k}", float(k), 30.0, 0.9, 10), csv_path=Path(db).with_suffix(".csv"))
+        record(db, Entry("zte2022", "/gt", f"{prefix}{k}", float(k), 30.0, 0.9, 10), csv_path=Path(db).with_suffix(".csv"))
 
 
 def test_two_concurrent_scorers_lose_no_row(tmp_path):

@@ -70,7 +70,7 @@ def print_leaderboard(entries, highlight: str | None, out) -> None:
     if not entries:
         return
     width = max(len(e.name) for e in entries)
-    print(f"\nleaderboard ({entries[0].contest})", file=out)
+    print(f"\nleaderboard ({entries[0].contest}, ground truth {entries[0].testset})", file=out)
     print(f"{'rank':>4}  {'run':<{width}}  {'score':>8}  {'PSNR':>8}  {'SSIM':>8}  {'model':<16} {'params':>12}", file=out)
     for k, e in enumerate(entries, 1):
         mark = " <" if e.name == highlight else ""
@@ -126,13 +126,13 @@ def main(argv=None) -> int:
     if args.name:
         db = Path(args.leaderboard)
         entry = Entry(
-            contest=contest.name, name=args.name, score=summary.score, psnr=summary.psnr, ssim=summary.ssim,
+            contest=contest.name, testset=str(gt_dir.resolve()), name=args.name, score=summary.score, psnr=summary.psnr, ssim=summary.ssim,
             images=len(results), source=str(Path(args.pred)), **facts,
         )  # fmt: skip
         record(db, entry, csv_path=db.with_suffix(".csv"))
-        entries = ranked(db, contest.name)
+        entries = ranked(db, contest.name, str(gt_dir.resolve()))
     elif args.html:
-        entries = ranked(args.leaderboard, contest.name)
+        entries = ranked(args.leaderboard, contest.name, str(gt_dir.resolve()))
     if args.csv:
         write_csv(args.csv, results, summary)
     if args.html:
