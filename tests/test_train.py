@@ -90,3 +90,13 @@ def test_bad_recipes_and_overrides_are_clear(store, tmp_path):
     result = train(store, tmp_path / "r2", "--set", "model.name='resnet'")
     assert result.returncode == 2 and "unknown model" in result.stderr and "Traceback" not in result.stderr
     shutil.rmtree(tmp_path / "r", ignore_errors=True)
+
+
+def test_a_resumed_run_drops_log_rows_written_after_its_checkpoint(tmp_path):
+    """A killed run may have logged steps past its last checkpoint; resuming redoes them, once."""
+    from train.train import LOG_COLUMNS, drop_log_rows_after
+
+    log = tmp_path / "log.csv"
+    log.write_text(",".join(LOG_COLUMNS) + "\n" + "".join(f"{s},0.1,0.001,,,,{s}\n" for s in range(2, 12, 2)))
+    drop_log_rows_after(log, 6)
+    assert [line.split(",")[0] for line in log.read_text().splitlines()[1:]] == ["2", "4", "6"]

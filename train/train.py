@@ -93,6 +93,18 @@ def validate(model, frames, contest) -> tuple[float, float, float]:
     return summarise(psnrs, ssims, contest)
 
 
+def drop_log_rows_after(log_path: Path, step: int) -> None:
+    if not log_path.exists():
+        return
+    with open(log_path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+    with atomic_path(log_path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
 def save_checkpoint(path: Path, **state) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -205,7 +217,9 @@ def main(argv=None) -> int:
     if master:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(run / "tb"))
+        writer = SummaryWriter(str(run / "tb"), purge_step=step if args.resume else None)
+        if args.resume:
+            drop_log_rows_after(run / "log.csv", step)  # rows logged after the checkpoint are redone
         new_log = not (run / "log.csv").exists()
         log = open(run / "log.csv", "a", newline="")
         log_rows = csv.DictWriter(log, fieldnames=LOG_COLUMNS)
