@@ -11,7 +11,7 @@
 # inputs into runs/<recipe>/result/data/, and the bilateral classical entry into runs/bilateral/),
 # pack (runs/<recipe>/result.zip, validated), score (every entry on the local leaderboard
 # runs/leaderboard.sqlite: the model's zip, the bilateral filter, and the noisy inputs as "do nothing").
-set -euo pipefail
+set -Eeuo pipefail
 cd "$(dirname "$0")"
 
 STAGES=(setup data patches train size predict pack score)
@@ -224,10 +224,32 @@ stage_score() {
   fi
 }
 
+current=""
+on_error() {  # once, at the top level, however deep the failing command was
+  local code=$1
+  if [[ $BASH_SUBSHELL -eq 0 ]]; then
+    echo "run_all.sh: stage ${current:-?} failed (exit $code); fix the problem above and rerun: finished stages are skipped" >&2
+  fi
+  exit "$code"
+}
+trap 'on_error $?' ERR
+
 declare -a TIMES=()
 for stage in "${STAGES[@]}"; do
+  current="$stage"
   selected "$stage" || continue
   echo "==> $stage"
+  if [[ "$stage" != setup && -z "${CONTEST_CHECKED:-}" ]]; then  # a bad --contest: one clear line, no traceback
+    "$VENV/bin/python" -c 'import sys
+from rawdenoise.contest import load_contest
+from rawdenoise.errors import InputError
+try:
+    load_contest(sys.argv[1])
+except InputError as err:
+    print(f"run_all.sh: {err}", file=sys.stderr)
+    sys.exit(2)' "$CONTEST"
+    CONTEST_CHECKED=1
+  fi
   start=$(date +%s.%N)
   "stage_$stage"
   took=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
