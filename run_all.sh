@@ -5,7 +5,7 @@
 #   ./run_all.sh [--data DIR] [--contest NAME] [--recipe NAME] [--from STAGE | --only STAGE] [--full-size]
 #
 # Stages so far: setup (a local .venv with requirements.txt), data (the demo set in work/demo/, only
-# when no --data is given), patches (work/patches/<data folder name>/), train (runs/<recipe>/, resumed
+# when no --data is given), patches (work/patches/<data folder name>/p<size>/), train (runs/<recipe>/, resumed
 # from its last checkpoint when a previous run of the same recipe was interrupted), size (the trained
 # model against the contest's size limit; over it stops the run), predict (tiled inference on the test
 # inputs into runs/<recipe>/result/data/, and the bilateral classical entry into runs/bilateral/),
@@ -104,7 +104,11 @@ stage_data() {
 }
 
 data_dir() { if [[ -n "$DATA" ]]; then echo "$DATA"; else echo work/demo; fi; }
-patch_store() { echo "work/patches/$(basename "$(cd "$(data_dir)" && pwd)")"; }
+patch_size() {  # twice the recipe's training crop: room for random crops and flips
+  "$VENV/bin/python" -c 'import sys, tomllib; print(2 * tomllib.load(open(sys.argv[1], "rb"))["data"]["crop"])' "configs/train/$RECIPE.toml"
+}
+# One store per data folder and patch size, so recipes with different crops never rebuild each other's.
+patch_store() { echo "work/patches/$(basename "$(cd "$(data_dir)" && pwd)")/p$(patch_size)"; }
 
 # A listing of names, sizes and times: cheap to hash, and it changes whenever a file does.
 hash_tree() { find "$@" -type f -printf '%P %s %T@\n' 2>/dev/null | sort | sha256sum | cut -c1-16; }
@@ -127,8 +131,8 @@ stage_patches() {
   local data store stamp args
   data="$(data_dir)"
   store="$(patch_store)"
-  local crop  # patches twice the recipe's training crop: room for random crops and flips
-  crop="$("$VENV/bin/python" -c 'import sys, tomllib; print(2 * tomllib.load(open(sys.argv[1], "rb"))["data"]["crop"])' "configs/train/$RECIPE.toml")"
+  local crop
+  crop="$(patch_size)"
   args=(--data "$data" --out "$store" --contest "$CONTEST" --crop "$crop" --step "$crop")
   stamp="make_patches ${args[*]} $(hash_tree "$data") $(hash_files train/make_patches.py train/patch_store.py)"
   if stamp_matches "$store/.done" "$stamp"; then
@@ -201,9 +205,15 @@ stage_predict() {
 }
 
 stage_pack() {
-  local noisy_folder
+  local noisy_folder run="runs/$RECIPE" stamp
   read -r noisy_folder _ <<<"$(layout_folders)"
-  "$VENV/bin/python" submission/pack.py --run "runs/$RECIPE" --input "$(data_dir)/$noisy_folder" --contest "$CONTEST"
+  stamp="pack $RECIPE $CONTEST $(hash_tree "$run/result/data" "$(data_dir)/$noisy_folder") $(hash_files "$run/model.pth" submission/pack.py)"
+  if stamp_matches "$run/.pack.done" "$stamp" && [[ -f "$run/result.zip" ]]; then
+    echo "$run/result.zip up to date"
+    return
+  fi
+  "$VENV/bin/python" submission/pack.py --run "$run" --input "$(data_dir)/$noisy_folder" --contest "$CONTEST"
+  write_stamp "$run/.pack.done" "$stamp"
 }
 
 stage_score() {
