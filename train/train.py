@@ -187,13 +187,13 @@ def main(argv=None) -> int:
     )
     step, best = 0, {"score": -math.inf, "psnr": -math.inf, "step": -1}
     if args.resume:
-        state = torch.load(run / "last.pt", map_location=device, weights_only=False)
+        state = torch.load(run / "last.pt", map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimiser.load_state_dict(state["optimiser"])
         schedule.load_state_dict(state["schedule"])
         step, best = state["step"], state["best"]
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())  # map_location may have moved it to the GPU
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
 
     # --- data ------------------------------------------------------------------------------------
@@ -303,7 +303,7 @@ def main(argv=None) -> int:
         print(f"{run}: stopped at step {step} of {iterations}; continue with --resume")
     elif master:
         checkpoint(run / "last.pt")
-        final = torch.load(run / "best.pt", map_location="cpu", weights_only=False)["ema"] if (run / "best.pt").exists() \
+        final = torch.load(run / "best.pt", map_location="cpu", weights_only=True)["ema"] if (run / "best.pt").exists() \
             else ema.state_dict()
         with atomic_path(run / "model.pth") as tmp:
             torch.save({k: v.float().cpu() for k, v in final.items()}, tmp)
