@@ -78,7 +78,7 @@ def test_two_torchrun_processes_reach_the_weights_of_one(store, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     assert train(store, one).returncode == 0
     # "--" ends torchrun's own options: without it, torchrun reads our --run as an abbreviation of its --run-path
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531", "--"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--"]
     result = train(store, two, launcher=torchrun)
     assert result.returncode == 0, result.stderr
     assert_same(weights(one / "last.pt", "model"), weights(two / "last.pt", "model"), atol=1e-5)
