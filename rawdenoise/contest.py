@@ -57,6 +57,15 @@ class FilePattern:
         match = re.fullmatch(re.escape(before) + r"(\d+)" + re.escape(after), filename)
         return int(match.group(1)) if match else None
 
+    def check_matches(self, expected, found, where, counterpart: str) -> None:
+        """Refuse predictions that are missing, or that have no `counterpart` among the expected indices."""
+        missing = sorted(set(expected) - set(found))
+        if missing:
+            raise InputError(f"{where}: missing predictions {', '.join(self.name(i) for i in missing)}")
+        extra = sorted(set(found) - set(expected))
+        if extra:
+            raise InputError(f"{where}: predictions without {counterpart}: {', '.join(self.name(i) for i in extra)}")
+
     def find(self, root: str | Path) -> dict[int, Path]:
         """Map index -> path for every file in the pattern's folder under `root`, sorted by index."""
         folder = Path(root) / self.folder

@@ -20,7 +20,7 @@ import numpy as np
 
 from rawdenoise.contest import load_contest
 from rawdenoise.errors import InputError
-from rawdenoise.metrics import frame_metrics, limit_threads_for_workers, summarise
+from rawdenoise.metrics import capped, frame_metrics, limit_threads_for_workers, summarise
 from rawdenoise.raw import check_levels, decode, read
 from rawdenoise.submission import MAX_IMAGE_BYTES, SubmissionZip, open_submission
 
@@ -84,13 +84,8 @@ def resolve(pred: str | Path, gt_dir: str | Path, contest, noisy_dir: str | Path
         label = str(pred)
     else:
         raise InputError(f"{pred}: no such zip, run folder or folder of predictions")
-    missing = sorted(set(gts) - set(found))
-    extra = sorted(set(found) - set(gts))
     names = contest.submission.output.bare if source != "noisy" else contest.layout.test_noisy.bare
-    if missing:
-        raise InputError(f"{label}: missing predictions {', '.join(names.name(i) for i in missing)}")
-    if extra:
-        raise InputError(f"{label}: predictions without ground truth: {', '.join(names.name(i) for i in extra)}")
+    names.check_matches(gts, found, label, "ground truth")
     pairs = [
         Pair(i, Path(names.name(i)).stem, gts[i], found[i][0], found[i][1], noisy.get(i)) for i in sorted(gts)
     ]
@@ -137,7 +132,7 @@ def load_pair(pair: Pair, contest, with_noisy: bool = False) -> LoadedPair:
 def measure(loaded: LoadedPair, contest, crops: bool = False) -> ImageResult:
     pair, gt, pred = loaded.pair, loaded.gt, loaded.pred
     psnr, ssim = frame_metrics(gt.mosaic, pred.mosaic, contest)
-    result = ImageResult(pair.index, pair.name, psnr, ssim, contest.score(min(psnr, contest.metric.psnr_cap), ssim))
+    result = ImageResult(pair.index, pair.name, psnr, ssim, contest.score(capped(psnr, contest), ssim))
     if crops:
         top, left = _worst_block(gt.mosaic, pred.mosaic)
         size = min(CROP, gt.mosaic.shape[0], gt.mosaic.shape[1])

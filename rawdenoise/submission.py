@@ -13,7 +13,7 @@ import posixpath
 import stat
 import zipfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from rawdenoise.errors import InputError
@@ -31,7 +31,6 @@ class SubmissionZip:
     network: str | None = None
     weights: str | None = None
     readme: str | None = None
-    sizes: dict[str, int] = field(default_factory=dict)  # declared uncompressed size per member
 
     def where(self, member: str) -> str:
         return f"{self.path}:{member}"
@@ -113,7 +112,6 @@ def open_submission(path: str | Path, contest) -> SubmissionZip:
         total += info.file_size
         if total > MAX_TOTAL_BYTES:
             raise InputError(f"{path}: declared uncompressed size passes {MAX_TOTAL_BYTES} bytes (zip bomb?)")
-        result.sizes[name] = info.file_size
         if info.is_dir():
             inside = (name.rstrip("/") + "/").startswith
             if any(inside(p) or (p + "/").startswith(name) for p in (sub.data_dir, algorithm_root)):

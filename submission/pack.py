@@ -58,12 +58,7 @@ def check_network(source: str, weights: Path) -> int:
 def check_predictions(inputs: dict[int, Path], data_dir: Path, contest) -> dict[int, Path]:
     output = contest.submission.output
     found = output.find(data_dir) if data_dir.is_dir() else {}
-    missing = sorted(set(inputs) - set(found))
-    if missing:
-        raise InputError(f"{data_dir}: missing predictions {', '.join(output.name(i) for i in missing)}")
-    extra = sorted(set(found) - set(inputs))
-    if extra:
-        raise InputError(f"{data_dir}: predictions without a test input: {', '.join(output.name(i) for i in extra)}")
+    output.check_matches(inputs, found, data_dir, "a test input")
     for i, path in found.items():
         source, pred = read(inputs[i], contest), read(path, contest)
         if pred.mosaic.shape != source.mosaic.shape:
