@@ -65,6 +65,28 @@ def unpack(packed: np.ndarray, cfa: str) -> np.ndarray:
     return mosaic
 
 
+def dihedral(mosaic: np.ndarray, op: int, inverse: bool = False) -> np.ndarray:
+    """One of the 8 flips and transposes of a mosaic (a view): op bit 2 transposes (first), bit 0
+    mirrors left-right, bit 1 top-bottom; `inverse` undoes it.
+
+    A transpose keeps an RGGB mosaic RGGB (R and B stay on the diagonal, the two greens trade places);
+    a mirrored axis starts one site late in the CFA phase: see `phase_offset`."""
+    if op & 4 and not inverse:
+        mosaic = mosaic.T
+    if op & 1:
+        mosaic = mosaic[:, ::-1]
+    if op & 2:
+        mosaic = mosaic[::-1, :]
+    if op & 4 and inverse:
+        mosaic = mosaic.T
+    return mosaic
+
+
+def phase_offset(op: int) -> tuple[int, int]:
+    """(rows, columns) by which `dihedral(mosaic, op)` must be shifted to restore the CFA phase."""
+    return op >> 1 & 1, op & 1
+
+
 def _black_grid(black) -> np.ndarray:
     black = np.asarray(black, dtype=np.float64)
     if black.ndim == 0:

@@ -27,7 +27,7 @@ from rawdenoise import cli
 from rawdenoise.contest import load_contest
 from rawdenoise.errors import InputError
 from rawdenoise.models import build_model
-from rawdenoise.raw import pack, read, unpack, write_back
+from rawdenoise.raw import dihedral, pack, phase_offset, read, unpack, write_back
 from rawdenoise.tiff import locate_raw
 from rawdenoise.tiling import infer
 
@@ -38,28 +38,15 @@ DEFAULT_TILE = 384  # packed pixels: peak RSS under 1 GB on a contest frame with
 def _forward(packed: np.ndarray, op: int) -> np.ndarray:
     """One of the 8 flips/transposes of a packed frame, done on its mosaic with the CFA phase kept:
     a mirrored axis is first padded by one site each side (mirror padding keeps each site's colour)."""
-    mosaic = unpack(packed, CANONICAL)
-    if op & 4:
-        mosaic = mosaic.T
-    mosaic = np.pad(mosaic, ((op >> 1 & 1,) * 2, (op & 1,) * 2), mode="reflect")
-    if op & 1:
-        mosaic = mosaic[:, ::-1]
-    if op & 2:
-        mosaic = mosaic[::-1, :]
-    return pack(np.ascontiguousarray(mosaic), CANONICAL)
+    py, px = phase_offset(op)
+    mosaic = np.pad(dihedral(unpack(packed, CANONICAL), op), ((py, py), (px, px)), mode="reflect")
+    return pack(mosaic, CANONICAL)
 
 
 def _backward(packed: np.ndarray, op: int) -> np.ndarray:
-    mosaic = unpack(packed, CANONICAL)
-    if op & 2:
-        mosaic = mosaic[::-1, :]
-    if op & 1:
-        mosaic = mosaic[:, ::-1]
-    py, px = op >> 1 & 1, op & 1
-    mosaic = mosaic[py : mosaic.shape[0] - py, px : mosaic.shape[1] - px]
-    if op & 4:
-        mosaic = mosaic.T
-    return pack(np.ascontiguousarray(mosaic), CANONICAL)
+    py, px = phase_offset(op)
+    mosaic = unpack(packed, CANONICAL)[py : packed.shape[1] * 2 - py, px : packed.shape[2] * 2 - px]
+    return pack(np.ascontiguousarray(dihedral(mosaic, op, inverse=True)), CANONICAL)
 
 
 def denoise(model: torch.nn.Module, packed: np.ndarray, tile: int | None, tta: bool = False) -> np.ndarray:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rawdenoise.raw import pack, unpack
+from rawdenoise.raw import dihedral, pack, phase_offset, unpack
 from train.patch_store import load_meta
 
 CANONICAL = "RGGB"  # packed order R, Gr, Gb, B is exactly an RGGB mosaic's 2x2 sites
@@ -31,16 +31,10 @@ def bayer_augment(packed: np.ndarray, op: int, crop: int) -> np.ndarray:
     op bit 0: mirror left-right, bit 1: mirror top-bottom, bit 2: transpose (applied first).
     Works on any leading channel count that is a multiple of 4 (noisy and clean stacked together).
     """
-    groups = [unpack(packed[g : g + 4], CANONICAL) for g in range(0, packed.shape[0], 4)]
+    dy, dx = phase_offset(op)
     out = []
-    for mosaic in groups:
-        if op & 4:
-            mosaic = mosaic.T  # RGGB stays RGGB: R and B keep the diagonal
-        if op & 1:
-            mosaic = mosaic[:, ::-1]
-        if op & 2:
-            mosaic = mosaic[::-1, :]
-        dy, dx = (1 if op & 2 else 0), (1 if op & 1 else 0)  # a mirrored axis starts one site late
+    for g in range(0, packed.shape[0], 4):
+        mosaic = dihedral(unpack(packed[g : g + 4], CANONICAL), op)
         out.append(pack(np.ascontiguousarray(mosaic[dy : dy + 2 * crop, dx : dx + 2 * crop]), CANONICAL))
     return np.concatenate(out)
 
