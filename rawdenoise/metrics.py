@@ -80,6 +80,18 @@ def _ssim_at(hx, hy, hxx, hyy, hxy, n, c1, c2):  # pragma: no cover - compiled
     return ((2.0 * ux * uy + c1) * (2.0 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
 
 
+@numba.njit(cache=True, fastmath=True, inline="always")
+def _move(sx, sy, sxx, syy, sxy, j, a, v, sign):  # pragma: no cover - compiled
+    """Add (sign 1) or remove (sign -1) one pair of samples from column j's window sums."""
+    a = np.float64(a)
+    v = np.float64(v)
+    sx[j] += sign * a
+    sy[j] += sign * v
+    sxx[j] += sign * (a * a)
+    syy[j] += sign * (v * v)
+    sxy[j] += sign * (a * v)
+
+
 @numba.njit(cache=True, parallel=True, fastmath=True)
 def _ssim_sum(x, y, wh, ww, c1, c2, bands):  # pragma: no cover - compiled
     """Sum of the SSIM map over every wh x ww window wholly inside the frame.
@@ -100,33 +112,15 @@ def _ssim_sum(x, y, wh, ww, c1, c2, bands):  # pragma: no cover - compiled
         sxy = np.zeros(width)
         for r in range(wh - 1):
             for j in range(width):
-                a = np.float64(x[r, c0 + j])
-                v = np.float64(y[r, c0 + j])
-                sx[j] += a
-                sy[j] += v
-                sxx[j] += a * a
-                syy[j] += v * v
-                sxy[j] += a * v
+                _move(sx, sy, sxx, syy, sxy, j, x[r, c0 + j], y[r, c0 + j], 1.0)
         band_total = 0.0
         for r in range(wh - 1, h):
             row_total = 0.0
             for j in range(width):  # the row entering the window, and the one leaving it
-                a = np.float64(x[r, c0 + j])
-                v = np.float64(y[r, c0 + j])
-                sx[j] += a
-                sy[j] += v
-                sxx[j] += a * a
-                syy[j] += v * v
-                sxy[j] += a * v
+                _move(sx, sy, sxx, syy, sxy, j, x[r, c0 + j], y[r, c0 + j], 1.0)
                 if ww == 1:  # the contest's columns mode: the window is the column sum itself
                     row_total += _ssim_at(sx[j], sy[j], sxx[j], syy[j], sxy[j], n, c1, c2)
-                    a = np.float64(x[r - wh + 1, c0 + j])
-                    v = np.float64(y[r - wh + 1, c0 + j])
-                    sx[j] -= a
-                    sy[j] -= v
-                    sxx[j] -= a * a
-                    syy[j] -= v * v
-                    sxy[j] -= a * v
+                    _move(sx, sy, sxx, syy, sxy, j, x[r - wh + 1, c0 + j], y[r - wh + 1, c0 + j], -1.0)
             if ww > 1:
                 hx = hy = hxx = hyy = hxy = 0.0
                 for j in range(ww - 1):
@@ -149,13 +143,7 @@ def _ssim_sum(x, y, wh, ww, c1, c2, bands):  # pragma: no cover - compiled
                     hyy -= syy[j]
                     hxy -= sxy[j]
                 for j in range(width):
-                    a = np.float64(x[r - wh + 1, c0 + j])
-                    v = np.float64(y[r - wh + 1, c0 + j])
-                    sx[j] -= a
-                    sy[j] -= v
-                    sxx[j] -= a * a
-                    syy[j] -= v * v
-                    sxy[j] -= a * v
+                    _move(sx, sy, sxx, syy, sxy, j, x[r - wh + 1, c0 + j], y[r - wh + 1, c0 + j], -1.0)
             band_total += row_total
         totals[b] = band_total
     return totals.sum()
