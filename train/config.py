@@ -1,14 +1,138 @@
-"""Recipes: configs/train/NAME.toml with [model], [data] and [train], plus `--set key=value` overrides."""
+"""Recipes: configs/train/NAME.toml with [model], [data] and [train], plus `--set key=value` overrides.
+
+Every key a recipe may hold is declared once, in SCHEMA, with its type, its range and its default:
+`load_recipe` checks the whole recipe against it (a typo, a wrong type or an out-of-range value is
+an InputError naming the key) and fills the defaults, so the training loop reads plain values and a
+bad value never reaches it.
+"""
 
 from __future__ import annotations
 
+import difflib
+import math
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 from rawdenoise.errors import InputError
 from rawdenoise.files import atomic_path
 
-REQUIRED = {"model": ["name"], "data": ["crop"], "train": ["seed", "iterations", "batch", "lr"]}
+REQUIRED = object()  # a key with no default: the recipe must give it
+
+
+@dataclass(frozen=True)
+class Key:
+    """One recipe key: its kind ("int", "float", "bool", "str", "table"), an optional range
+    [low, high] (`low_open`, `high_open`: that end excluded) or set of choices, and its default."""
+
+    kind: str
+    default: object = REQUIRED
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[str, ...] = ()
+    help: str = ""
+
+    def check(self, name: str, value):
+        if self.kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        expected = {"int": int, "float": float, "bool": bool, "str": str, "table": dict}[self.kind]
+        if not isinstance(value, expected) or (self.kind in ("int", "float") and isinstance(value, bool)):
+            what = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+                    "table": "a table"}[self.kind]  # fmt: skip
+            raise InputError(f"{name} must be {what}, got {value!r}")
+        if self.kind == "float" and not math.isfinite(value):
+            raise InputError(f"{name} must be finite, got {value!r}")
+        if self.choices and value not in self.choices:
+            raise InputError(f"{name} must be one of {', '.join(map(repr, self.choices))}, got {value!r}")
+        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        if too_low or too_high:
+            low = "" if self.low is None else f"{'above' if self.low_open else 'at least'} {self.low:g}"
+            high = "" if self.high is None else f"{'below' if self.high_open else 'at most'} {self.high:g}"
+            raise InputError(f"{name} must be {' and '.join(p for p in (low, high) if p)}, got {value!r}")
+        return value
+
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "model": {
+        "name": Key("str", help="a registered architecture (rawdenoise/models)"),
+        "args": Key("table", {}, help="keyword arguments of the model's constructor"),
+    },
+    "data": {
+        "crop": Key("int", low=8, help="packed pixels per side of a training crop"),
+        "augment": Key("bool", True, help="Bayer-preserving flips and transposes"),
+        "extra_noise": Key("float", 0.0, low=0, high=1, help="share of inputs re-noised from the noise model"),
+        "workers": Key("int", 0, low=0, help="data-loading worker processes"),
+        "patches": Key("str", "", help="the patch store folder (or --patches)"),
+    },
+    "train": {
+        "seed": Key("int", low=0),
+        "iterations": Key("int", low=1),
+        "batch": Key("int", low=1, help="the global batch, split over torchrun processes"),
+        "lr": Key("float", low=0, low_open=True, help="peak learning rate (AdamW)"),
+        "weight_decay": Key("float", 0.0, low=0),
+        "warmup": Key("int", 0, low=0, help="steps of linear warm-up"),
+        "min_lr_ratio": Key("float", 0.05, low=0, high=1, help="the cosine decay's floor, times lr"),
+        "ema": Key("float", 0.999, low=0, high=1, high_open=True, help="EMA decay of the exported weights"),
+        "loss": Key("str", "l1", choices=("l1", "l2", "psnr")),
+        "clip": Key("float", 0.0, low=0, help="gradient-norm clip; 0 turns it off"),
+        "val_every": Key("int", 500, low=1),
+        "log_every": Key("int", 10, low=1),
+        "amp": Key("str", "none", choices=("none", "bf16"), help="bf16 autocast on hardware that has it"),
+        "device": Key("str", "auto", choices=("auto", "cpu", "cuda")),
+        "dtype": Key("str", "float32", choices=("float32", "float64"),
+                     help="parameters and inputs; float64 only to check exactness (equal runs), several times slower"),  # fmt: skip
+    },
+}
+
+
+def describe() -> str:
+    """Every recipe key with its range and default, for --help."""
+    lines = []
+    for section, keys in SCHEMA.items():
+        for name, key in keys.items():
+            if key.choices:
+                kind = " | ".join(key.choices)
+            else:
+                low = "" if key.low is None else f"{'>' if key.low_open else '>='} {key.low:g}"
+                high = "" if key.high is None else f"{'<' if key.high_open else '<='} {key.high:g}"
+                kind = key.kind + (f" {low}" if low else "") + (f", {high}" if high else "")
+            default = "required" if key.default is REQUIRED else f"default {key.default!r}"
+            lines.append(f"  {section + '.' + name:<19} {kind} ({default}){': ' + key.help if key.help else ''}")
+    return "\n".join(lines)
+
+
+def validate(recipe: dict, source) -> dict:
+    """The recipe checked key by key against SCHEMA, with defaults filled in; `source` names it in messages."""
+    unknown = [s for s in recipe if s not in SCHEMA]
+    if unknown:
+        raise InputError(f"{source}: unknown section [{unknown[0]}]; a recipe has {', '.join(f'[{s}]' for s in SCHEMA)}")
+    resolved = {}
+    for section, keys in SCHEMA.items():
+        table = recipe.get(section, {})
+        if not isinstance(table, dict):
+            raise InputError(f"{source}: {section} must be a table, got {table!r}")
+        for name in table:
+            if name not in keys:
+                close = difflib.get_close_matches(name, keys, n=1)
+                hint = f" (did you mean {section}.{close[0]}?)" if close else ""
+                raise InputError(f"{source}: unknown key {section}.{name}{hint}")
+        resolved[section] = {}
+        for name, key in keys.items():
+            if name not in table:
+                if key.default is REQUIRED:
+                    raise InputError(f"{source}: missing {section}.{name}")
+                resolved[section][name] = key.default
+                continue
+            try:
+                resolved[section][name] = key.check(f"{section}.{name}", table[name])
+            except InputError as err:
+                raise InputError(f"{source}: {err}") from None
+    if resolved["train"]["amp"] == "bf16" and resolved["train"]["dtype"] == "float64":
+        raise InputError(f"{source}: train.amp = 'bf16' needs train.dtype = 'float32'")
+    return resolved
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
@@ -39,12 +163,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
             if not isinstance(table, dict):
                 raise InputError(f"--set {text!r}: {k} is not a table")
         table[keys[-1]] = value
-    for section, keys in REQUIRED.items():
-        for key in keys:
-            if key not in recipe.get(section, {}):
-                raise InputError(f"{path}: missing {section}.{key}")
-    recipe["model"].setdefault("args", {})
-    return recipe
+    return validate(recipe, f"{path} with --set {' '.join(overrides)}" if overrides else path)
 
 
 def _toml_value(value) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rawdenoise.errors import InputError
 from rawdenoise.raw import dihedral, pack, phase_offset, unpack
 from train.patch_store import load_meta
 
@@ -47,7 +48,10 @@ class PatchSamples(torch.utils.data.Dataset):
         self.store = Path(store)
         meta = load_meta(self.store)
         if crop + 1 > meta["crop"]:
-            raise ValueError(f"crop {crop} needs patches of at least {crop + 1} packed pixels; the store has {meta['crop']}")
+            raise InputError(
+                f"{store}: data.crop {crop} needs patches of at least {crop + 1} packed pixels; the store has "
+                f"{meta['crop']} (cut a store with train/make_patches.py --crop {2 * crop})"
+            )
         self.crop, self.global_batch, self.seed, self.augment = crop, global_batch, seed, augment
         self.patches = int(meta["patches"])
         self.black = np.array(meta["black"], dtype=np.float32)[:, None, None]
@@ -102,7 +106,7 @@ class StepSampler(torch.utils.data.Sampler):
 
     def __init__(self, start: int, stop: int, global_batch: int, rank: int = 0, world: int = 1):
         if global_batch % world:
-            raise ValueError(f"global batch {global_batch} does not split over {world} processes")
+            raise InputError(f"train.batch {global_batch} does not split evenly over {world} processes")
         self.start, self.stop, self.global_batch = start, stop, global_batch
         self.local = global_batch // world
         self.offset = rank * self.local

@@ -21,6 +21,7 @@ import copy
 import csv
 import math
 import os
+import shutil
 import time
 from contextlib import nullcontext
 
@@ -37,6 +38,7 @@ from rawdenoise.metrics import frame_metrics, summarise
 from rawdenoise.models import build_model
 from rawdenoise.raw import read
 from rawdenoise.tiling import infer
+from train.config import describe as describe_recipe_keys
 from train.config import load_recipe, write_toml
 from train.dataset import PatchSamples, StepSampler
 from train.patch_store import load_meta
@@ -45,7 +47,11 @@ LOG_COLUMNS = ["step", "loss", "lr", "val_psnr", "val_ssim", "val_score", "secon
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Train a raw denoiser from a recipe in configs/train/.")
+    parser = argparse.ArgumentParser(
+        description="Train a raw denoiser from a recipe in configs/train/.",
+        epilog="recipe keys (in the TOML file, or --set KEY=VALUE):\n" + describe_recipe_keys(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", required=True, help="recipe TOML, e.g. configs/train/demo.toml")
     parser.add_argument("--run", help="run name or folder (default: runs/<recipe file stem>)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -105,6 +111,39 @@ def drop_log_rows_after(log_path: Path, step: int) -> None:
             writer.writerows(rows)
 
 
+def load_weights(model: torch.nn.Module, path: str | Path, device) -> None:
+    """--init: a plain state_dict of the recipe's model, or a clear error (before anything is written)."""
+    try:
+        model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    except FileNotFoundError:
+        raise InputError(f"{path}: --init weights not found") from None
+    except Exception as err:  # a foreign or damaged file: torch raises many types
+        raise InputError(f"{path}: --init weights do not load into the recipe's model ({type(err).__name__}: {err})") from None
+
+
+def resume_from(path: Path, recipe: dict, model, ema, optimiser, schedule, device) -> tuple[int, dict]:
+    """Restore a run from its last.pt; the recipe may change anything but the model it trains."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:
+        raise InputError(f"{path}: cannot be read ({type(err).__name__}: {err}); start again with --overwrite") from None
+    saved = state.get("recipe", {}).get("model")
+    if saved != recipe["model"]:
+        raise InputError(
+            f"{path}: this run trains {saved}, the recipe asks for {recipe['model']}; "
+            "resume with the run's own recipe (its config.toml), or start again with --overwrite"
+        )
+    try:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimiser.load_state_dict(state["optimiser"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["torch_rng"].cpu())  # map_location may have moved it to the GPU
+    except Exception as err:
+        raise InputError(f"{path}: does not restore this run ({type(err).__name__}: {err})") from None
+    return state["step"], state["best"]
+
+
 def save_checkpoint(path: Path, **state) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -146,7 +185,7 @@ def main(argv=None) -> int:
     # --- distributed set-up: only when torchrun's variables are present --------------------------
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if distributed else (0, 1)
-    want = cfg.get("device", "auto")
+    want = cfg["device"]
     use_cuda = want == "cuda" or (want == "auto" and torch.cuda.is_available())
     if want == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA device is available")
@@ -157,60 +196,60 @@ def main(argv=None) -> int:
         torch.cuda.set_device(device)
     master = rank == 0
 
-    # --- run folder ------------------------------------------------------------------------------
+    # --- run folder: checked now, touched only once the run is known to be able to start -----------
     run = Path(args.run) if args.run and "/" in args.run else Path("runs") / (args.run or Path(args.config).stem)
     if (run / "last.pt").exists() and not (args.resume or args.overwrite):
         raise InputError(f"{run}: already holds a run; pass --resume to continue it or --overwrite to start again")
     if args.resume and not (run / "last.pt").exists():
         raise InputError(f"{run}: nothing to resume (no last.pt)")
-    store = cfg_data.get("patches")
+    if args.stop_after is not None and args.stop_after < 0:
+        raise InputError(f"--stop-after must be a step number (0 or more), got {args.stop_after}")
+    store = cfg_data["patches"]
     if not store:
         raise InputError("no patch store: set data.patches in the recipe or pass --patches DIR")
     meta = load_meta(store)
-    if master:
-        run.mkdir(parents=True, exist_ok=True)
-        write_toml(run / "config.toml", {**recipe, "data": {**cfg_data, "patches": str(store)}})
-        if not args.resume:
-            for stale in ("model.pth", "best.pt", "log.csv", "curves.png"):
-                (run / stale).unlink(missing_ok=True)
+    val_frames = [(v["noisy"], v["gt"]) for v in meta["val_frames"]]
+    for path in (p for pair in val_frames for p in pair):
+        if not Path(path).is_file():
+            raise InputError(f"{store}: validation frame {path} is gone; rebuild the store with train/make_patches.py")
 
     # --- model, optimiser, schedule, EMA ---------------------------------------------------------
     torch.manual_seed(cfg["seed"])
-    model = build_model(cfg_model["name"], **cfg_model.get("args", {})).to(device)
+    dtype = getattr(torch, cfg["dtype"])
+    model = build_model(cfg_model["name"], **cfg_model["args"]).to(device=device, dtype=dtype)
     if args.init:
-        model.load_state_dict(torch.load(args.init, map_location=device, weights_only=True))
+        load_weights(model, args.init, device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
-    iterations, warmup = int(cfg["iterations"]), int(cfg.get("warmup", 0))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda s: lr_factor(s, warmup, iterations, cfg.get("min_lr_ratio", 0.05))
-    )
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    iterations, warmup = cfg["iterations"], cfg["warmup"]
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: lr_factor(s, warmup, iterations, cfg["min_lr_ratio"]))
     step, best = 0, {"score": -math.inf, "psnr": -math.inf, "step": -1}
     if args.resume:
-        state = torch.load(run / "last.pt", map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimiser.load_state_dict(state["optimiser"])
-        schedule.load_state_dict(state["schedule"])
-        step, best = state["step"], state["best"]
-        torch.set_rng_state(state["torch_rng"].cpu())  # map_location may have moved it to the GPU
+        step, best = resume_from(run / "last.pt", recipe, model, ema, optimiser, schedule, device)
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
 
     # --- data ------------------------------------------------------------------------------------
-    batch = int(cfg["batch"])
+    batch = cfg["batch"]
     heavier = contest.noise.test_heavier  # synthetic noise reaches the test set's heavier level too
     samples = PatchSamples(
-        store, int(cfg_data["crop"]), batch, int(cfg["seed"]), bool(cfg_data.get("augment", True)),
-        float(cfg_data.get("extra_noise", 0.0)),
+        store, cfg_data["crop"], batch, cfg["seed"], cfg_data["augment"], cfg_data["extra_noise"],
         ((contest.noise.a_range[0], contest.noise.a_range[1] * heavier),
          (contest.noise.b_range[0], contest.noise.b_range[1] * heavier)),
     )  # fmt: skip
-    workers = int(cfg_data.get("workers", 0))
+    workers = cfg_data["workers"]
     loader = torch.utils.data.DataLoader(
         samples, batch_size=batch // world, sampler=StepSampler(step, iterations, batch, rank, world),
         num_workers=workers, pin_memory=use_cuda, persistent_workers=workers > 0,
     )  # fmt: skip
-    val_frames = [(v["noisy"], v["gt"]) for v in meta["val_frames"]]
+
+    # --- the run can start: now its folder may change ----------------------------------------------
+    if master:
+        run.mkdir(parents=True, exist_ok=True)
+        if not args.resume:  # --overwrite, or a new folder: nothing of an earlier run may survive
+            for stale in ("last.pt", "best.pt", "model.pth", "log.csv", "curves.png"):
+                (run / stale).unlink(missing_ok=True)
+            shutil.rmtree(run / "tb", ignore_errors=True)
+        write_toml(run / "config.toml", {**recipe, "data": {**cfg_data, "patches": str(store)}})
 
     # --- logging (rank 0 only) -------------------------------------------------------------------
     writer, log = None, None
@@ -229,10 +268,9 @@ def main(argv=None) -> int:
             psnr, ssim, score = validate(None, val_frames, contest)
             tqdm.write(f"validation frames as they come (noisy): PSNR {psnr:.3f} dB, SSIM {ssim:.5f}, score {score:.3f}")
             writer.add_scalar("val/noisy_psnr", psnr, 0)
-    criterion = loss_fn(cfg.get("loss", "l1"))
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.get("amp", "none") == "bf16" else nullcontext()
-    val_every, log_every, clip = int(cfg.get("val_every", 500)), int(cfg.get("log_every", 10)), cfg.get("clip", 0)
-    decay = float(cfg.get("ema", 0.999))
+    criterion = loss_fn(cfg["loss"])
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg["amp"] == "bf16" else nullcontext()
+    val_every, log_every, clip, decay = cfg["val_every"], cfg["log_every"], cfg["clip"], cfg["ema"]
     bar = tqdm(total=iterations, initial=step, desc=run.name, unit="step", disable=not master or args.quiet)
     start_time, running = time.time(), []
 
@@ -248,9 +286,9 @@ def main(argv=None) -> int:
         for noisy, gt in loader:
             if args.stop_after is not None and step >= args.stop_after:
                 break
-            noisy, gt = noisy.to(device, non_blocking=True), gt.to(device, non_blocking=True)
+            noisy, gt = noisy.to(device, dtype, non_blocking=True), gt.to(device, dtype, non_blocking=True)
             with amp:
-                loss = criterion(net(noisy).float(), gt)
+                loss = criterion(net(noisy).to(dtype), gt)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             if clip:

@@ -32,7 +32,16 @@ def source_file(name: str) -> Path:
 
 
 def build_model(name: str, **kwargs):
+    """The named network; arguments it cannot be built from (a wrong name, type or size, which torch
+    reports as any of several errors) are the caller's input, an InputError naming them."""
+    import torch
+
+    cls = model_class(name)
     try:
-        return model_class(name)(**kwargs)
-    except TypeError as err:
-        raise InputError(f"model {name!r}: bad arguments {kwargs} ({err})") from None
+        model = cls(**kwargs)
+        side = 2 ** (getattr(model, "depth", 0) + 1)
+        with torch.no_grad():  # arguments that build but cannot run (a zero width) fail here, not mid-training
+            model(torch.zeros(1, 4, side, side))
+    except Exception as err:
+        raise InputError(f"model {name!r}: cannot be built from arguments {kwargs} ({type(err).__name__}: {err})") from None
+    return model
