@@ -1,8 +1,14 @@
-"""What every stage's command line shares: the --contest option and the expected-failure exit."""
+"""What every stage's command line shares: the --contest option and the expected-failure exit.
+
+Expected failures end in one line on stderr and exit 2, never a traceback: bad input (InputError),
+and the machine refusing a file (an output folder that is not writable or is a file, a disk that is
+full, an unreadable input, a read-only or locked leaderboard database). Tracebacks are for bugs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from typing import Callable, Sequence
 
@@ -20,13 +26,25 @@ def add_contest_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def describe_os_error(err: OSError) -> str:
+    """"path: Permission denied" rather than "[Errno 13] Permission denied: 'path'"."""
+    names = [str(n) for n in (err.filename, err.filename2) if n is not None]
+    reason = err.strerror or str(err)
+    return f"{' -> '.join(names)}: {reason}" if names else reason
+
+
 def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
-    """Run a CLI's main; an InputError becomes one line on stderr and exit 2, never a traceback."""
+    """Run a CLI's main; an expected failure becomes one line on stderr and exit 2."""
     try:
         return int(main(argv) or 0)
     except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_INPUT_ERROR
+        message = str(err)
+    except OSError as err:
+        message = describe_os_error(err)
+    except sqlite3.Error as err:  # leaderboard.py names the database; this is the backstop
+        message = f"database error: {err}"
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_INPUT_ERROR

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+from rawdenoise.errors import InputError
 
 
 @contextmanager
@@ -17,8 +20,13 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     in `.partial` so it never matches a contest file pattern, and is removed on failure.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
+    try:
+        if dest.is_dir():
+            raise InputError(f"{dest}: is a folder; cannot write a file there")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
+    except OSError as err:  # name the file the user asked for, not our temporary one
+        raise InputError(f"{dest}: cannot write ({err.strerror or err})") from None
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the user's usual mode
@@ -28,6 +36,47 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def replaced_folder(dest: str | os.PathLike, owned: Callable[[str], bool]) -> Iterator[Path]:
+    """Yield an empty staging folder beside `dest`; when the block succeeds it replaces `dest` whole.
+
+    A set of outputs (a test set's predictions) is worth something only complete and from one run: a
+    failure half-way leaves the previous set as it was, never a mix of old and new files. `dest` may
+    hold only entries `owned(name)` accepts (and our hidden partial files): anything else is refused
+    up front, before any work, since replacing the folder would delete it.
+    """
+    dest = Path(dest)
+    try:
+        if dest.exists() and not dest.is_dir():
+            raise InputError(f"{dest}: exists and is not a folder")
+        if dest.is_dir():
+            foreign = sorted(e.name for e in dest.iterdir() if not (owned(e.name) or _is_partial(e.name)))
+            if foreign:
+                listed = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+                raise InputError(f"{dest}: holds other files ({listed}); give the outputs a folder of their own")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+    except OSError as err:
+        raise InputError(f"{dest}: cannot write ({err.strerror or err})") from None
+    os.chmod(staging, 0o777 & ~_umask())
+    try:
+        yield staging
+        old = None
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old.partial", dir=dest.parent))
+            os.replace(dest, old / dest.name)  # from here until the next line, dest is absent, never mixed
+        os.replace(staging, dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _is_partial(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".partial")
 
 
 def write_bytes_atomic(dest: str | os.PathLike, data: bytes | bytearray | memoryview) -> None:

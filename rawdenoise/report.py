@@ -52,7 +52,8 @@ def _leaderboard_plot(entries, highlight: str | None) -> str | None:
     shown = entries[:20][::-1]
     fig, ax = plt.subplots(figsize=(7, 0.4 * len(shown) + 1.2), dpi=100)
     colours = ["#d95f02" if e.name == highlight else "#1b9e77" for e in shown]
-    ax.barh([e.name for e in shown], [e.score for e in shown], color=colours)
+    ax.barh(range(len(shown)), [e.score for e in shown], color=colours)
+    ax.set_yticks(range(len(shown)), [e.name for e in shown], parse_math=False)  # names are text, never "$math$"
     for y, e in enumerate(shown):
         ax.text(e.score, y, f" {e.score:.3f}", va="center", fontsize=8)
     ax.set_xlabel("score")

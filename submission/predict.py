@@ -26,6 +26,7 @@ from tqdm import tqdm
 from rawdenoise import cli
 from rawdenoise.contest import load_contest
 from rawdenoise.errors import InputError
+from rawdenoise.files import replaced_folder
 from rawdenoise.models import build_model
 from rawdenoise.raw import dihedral, pack, phase_offset, read, unpack, write_back
 from rawdenoise.tiff import locate_raw
@@ -87,6 +88,8 @@ def load_model(run: Path | None, weights: Path | None, name: str | None, model_a
 
 
 def predict_folder(model, input_dir: Path, output_dir: Path, contest, tile: int | None, tta: bool, progress: bool) -> list[Path]:
+    """Every test input -> its prediction in output_dir. The set is written to a staging folder that
+    replaces output_dir only once every frame is done: a failure leaves an earlier set untouched, never a mix."""
     inputs = contest.layout.test_noisy.bare.find(input_dir)
     if not inputs:
         raise InputError(f"{input_dir}: no test inputs named like {contest.layout.test_noisy.bare.pattern}")
@@ -94,15 +97,13 @@ def predict_folder(model, input_dir: Path, output_dir: Path, contest, tile: int 
         layout = locate_raw(path)
         if layout.compression != 1 or layout.bits_per_sample != 16:
             raise InputError(f"{path}: compressed or non-16-bit raw data; predictions cannot be written back into it")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for i, path in tqdm(inputs.items(), desc="predict", unit="frame", disable=not progress):
-        frame = read(path, contest)
-        prediction = frame.to_mosaic(denoise(model, frame.packed(), tile, tta))
-        dest = contest.submission.output.path(output_dir, i)
-        write_back(path, dest, prediction)
-        written.append(dest)
-    return written
+    names = contest.submission.output
+    with replaced_folder(output_dir, owned=lambda name: names.index_of(name) is not None) as staging:
+        for i, path in tqdm(inputs.items(), desc="predict", unit="frame", disable=not progress):
+            frame = read(path, contest)
+            prediction = frame.to_mosaic(denoise(model, frame.packed(), tile, tta))
+            write_back(path, names.path(staging, i), prediction)
+    return [names.path(output_dir, i) for i in inputs]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     contest = load_contest(args.contest)
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA device is available")

@@ -18,7 +18,7 @@ import rawdenoise.submission as submission_module
 from rawdenoise import InputError
 from rawdenoise.contest import load_contest
 from rawdenoise.demo import make_demo_dataset
-from rawdenoise.leaderboard import Entry, ranked, record
+from rawdenoise.leaderboard import Entry, ranked, record, ground_truth_key
 from rawdenoise.raw import read, write_back
 from rawdenoise.scoring import resolve, score_pairs, score_pairs_in_processes, totals
 from rawdenoise.submission import open_submission
@@ -136,12 +136,23 @@ def test_cli_records_runs_ranks_them_and_writes_csv_and_html(demo, tmp_path):
         "--csv", str(tmp_path / "scores.csv"), "--html", str(tmp_path / "report.html"),
     )  # fmt: skip
     assert good.returncode == 0, good.stderr
-    board = ranked(db, "zte2022", str((demo / "testset_gt").resolve()))
+    testset = ground_truth_key(ZTE.layout.test_gt.bare.find(demo / "testset_gt").values())
+    board = ranked(db, "zte2022", testset)
     assert [e.name for e in board] == ["good", "noisy"]
-    other_gt = tmp_path / "other_gt"  # another test set: its own board, never mixed with this one
-    shutil.copytree(demo / "testset_gt", other_gt)
-    assert run_score(str(demo / "testset"), str(other_gt), "--name", "noisy", "--leaderboard", str(db)).returncode == 0
-    assert len(ranked(db, "zte2022")) == 3 and len(ranked(db, "zte2022", str(other_gt.resolve()))) == 1
+    assert board[0].gt_folder == str((demo / "testset_gt").resolve())
+    # A test set is its content: the same frames elsewhere share the board, other frames get their own
+    moved_gt = tmp_path / "moved_gt"
+    shutil.copytree(demo / "testset_gt", moved_gt)
+    assert run_score(str(demo / "testset"), str(moved_gt), "--name", "noisy", "--leaderboard", str(db)).returncode == 0
+    assert [e.name for e in ranked(db, "zte2022", testset)] == ["good", "noisy"]
+    gt0 = moved_gt / "gt0.dng"
+    frame = read(gt0)
+    write_back(gt0, gt0, np.maximum(frame.mosaic, frame.black.max() + 1) - 1)  # one DN darker: another test set
+    assert run_score(str(demo / "testset"), str(moved_gt), "--name", "noisy", "--leaderboard", str(db)).returncode == 0
+    other = ground_truth_key(ZTE.layout.test_gt.bare.find(moved_gt).values())
+    assert other != testset and len(ranked(db, "zte2022")) == 3
+    assert [e.name for e in ranked(db, "zte2022", other)] == ["noisy"]
+    assert [e.name for e in ranked(db, "zte2022", testset)] == ["good", "noisy"]
     assert board[0].model == "TinyNet" and board[0].params == 4 * 4 * 9 + 4 and board[0].weights_bytes > 0
     assert "leaderboard" in good.stdout and good.stdout.index(" good ") < good.stdout.index(" noisy ")
     assert (tmp_path / "board.csv").read_text().count("\n") == 4

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from rawdenoise import cli
 from rawdenoise.contest import load_contest
 from rawdenoise.errors import InputError
+from rawdenoise.files import replaced_folder
 from rawdenoise.raw import read, write_back
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,12 +70,14 @@ def main(argv=None) -> int:
     inputs = contest.layout.test_noisy.bare.find(args.input)
     if not inputs:
         raise InputError(f"{args.input}: no test inputs")
-    output = Path(args.output)
+    output, names = Path(args.output), contest.submission.output
     start = time.perf_counter()
-    for i, path in tqdm(inputs.items(), desc="bilateral", unit="frame", disable=args.quiet):
-        frame = read(path, contest)
-        filtered = bilateral(frame.packed(), args.radius, args.sigma_space, args.sigma_color)
-        write_back(path, contest.submission.output.path(output, i), frame.to_mosaic(filtered))
+    # the set replaces an earlier one only once complete: a failure half-way never leaves a mix
+    with replaced_folder(output, owned=lambda name: names.index_of(name) is not None) as staging:
+        for i, path in tqdm(inputs.items(), desc="bilateral", unit="frame", disable=args.quiet):
+            frame = read(path, contest)
+            filtered = bilateral(frame.packed(), args.radius, args.sigma_space, args.sigma_color)
+            write_back(path, names.path(staging, i), frame.to_mosaic(filtered))
     print(f"wrote {len(inputs)} bilateral predictions to {output} in {time.perf_counter() - start:.1f} s")
     return 0
 

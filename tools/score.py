@@ -23,7 +23,7 @@ from rawdenoise.checkpoint import parameter_count
 from rawdenoise.contest import load_contest
 from rawdenoise.errors import InputError
 from rawdenoise.files import atomic_path
-from rawdenoise.leaderboard import Entry, ranked, record
+from rawdenoise.leaderboard import Entry, ranked, record, ground_truth_key
 from rawdenoise.scoring import as_json, resolve, score_pairs, totals
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,7 +70,7 @@ def print_leaderboard(entries, highlight: str | None, out) -> None:
     if not entries:
         return
     width = max(len(e.name) for e in entries)
-    print(f"\nleaderboard ({entries[0].contest}, ground truth {entries[0].testset})", file=out)
+    print(f"\nleaderboard ({entries[0].contest}, ground truth {entries[0].gt_folder}, test set {entries[0].testset})", file=out)
     print(f"{'rank':>4}  {'run':<{width}}  {'score':>8}  {'PSNR':>8}  {'SSIM':>8}  {'model':<16} {'params':>12}", file=out)
     for k, e in enumerate(entries, 1):
         mark = " <" if e.name == highlight else ""
@@ -115,6 +115,10 @@ def main(argv=None) -> int:
         raise InputError(f"{noisy_dir}: --noisy folder not found")
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers must be at least 1, got {args.workers}")
+    db = Path(args.leaderboard)
+    for flag, out in (("--csv", args.csv), ("--html", args.html)):
+        if out and Path(out).resolve() in (db.resolve(), Path(args.pred).resolve()):
+            raise InputError(f"{out}: {flag} would overwrite an input of this scoring (the leaderboard or the predictions)")
     predictions = resolve(args.pred, gt_dir, contest, noisy_dir if args.html else None)
     facts = model_facts(predictions, contest) if args.name else {}
     bar = tqdm(total=len(predictions.pairs), desc="scoring", unit="frame", disable=args.json or not sys.stderr.isatty())
@@ -123,16 +127,17 @@ def main(argv=None) -> int:
     summary = totals(results, contest)
 
     entries = []
+    if args.name or args.html:
+        testset = ground_truth_key(pair.gt for pair in predictions.pairs)  # the ground truth's content, not its folder
     if args.name:
-        db = Path(args.leaderboard)
         entry = Entry(
-            contest=contest.name, testset=str(gt_dir.resolve()), name=args.name, score=summary.score, psnr=summary.psnr, ssim=summary.ssim,
-            images=len(results), source=str(Path(args.pred)), **facts,
+            contest=contest.name, testset=testset, name=args.name, score=summary.score, psnr=summary.psnr,
+            ssim=summary.ssim, images=len(results), source=str(Path(args.pred)), gt_folder=str(gt_dir.resolve()), **facts,
         )  # fmt: skip
         record(db, entry, csv_path=db.with_suffix(".csv"))
-        entries = ranked(db, contest.name, str(gt_dir.resolve()))
+        entries = ranked(db, contest.name, testset)
     elif args.html:
-        entries = ranked(args.leaderboard, contest.name, str(gt_dir.resolve()))
+        entries = ranked(db, contest.name, testset)
     if args.csv:
         write_csv(args.csv, results, summary)
     if args.html:
