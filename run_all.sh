@@ -4,12 +4,13 @@
 #
 #   ./run_all.sh [--data DIR] [--contest NAME] [--recipe NAME] [--from STAGE | --only STAGE] [--full-size]
 #
-# Stages so far: setup (a local .venv with requirements.txt), data (the demo set in work/demo/, only
-# when no --data is given), patches (work/patches/<data folder name>/p<size>/), train (runs/<recipe>/, resumed
+# Stages: setup (a local .venv with requirements.txt), data (the demo set in work/demo/, or work/demo-full/
+# with --full-size, only when no --data is given), patches (work/patches/<data folder name>/p<size>/), train
+# (runs/<recipe>/ on the default demo set, runs/<recipe>-<data folder name>/ on any other data, resumed
 # from its last checkpoint when a previous run of the same recipe was interrupted), size (the trained
 # model against the contest's size limit; over it stops the run), predict (tiled inference on the test
-# inputs into runs/<recipe>/result/data/, and the bilateral classical entry into runs/bilateral/),
-# pack (runs/<recipe>/result.zip, validated), score (every entry on the local leaderboard
+# inputs into the run's result/data/, and the bilateral classical entry into runs/bilateral[-<data>]/),
+# pack (the run's result.zip, validated), score (every entry on the local leaderboard
 # runs/leaderboard.sqlite: the model's zip, the bilateral filter, and the noisy inputs as "do nothing").
 set -Eeuo pipefail
 cd "$(dirname "$0")"
@@ -24,7 +25,7 @@ FROM=""
 ONLY=""
 FULL_SIZE=""
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "run_all.sh: $*" >&2; exit 2; }
 is_stage() { local s; for s in "${STAGES[@]}"; do [[ "$s" == "$1" ]] && return 0; done; return 1; }
 
@@ -90,7 +91,9 @@ stage_data() {
     echo "using contest data in $DATA (no demo set needed)"
     return
   fi
-  local out=work/demo args=(--out work/demo --contest "$CONTEST")
+  local out
+  out="$(data_dir)"
+  local args=(--out "$out" --contest "$CONTEST")
   [[ -n "$FULL_SIZE" ]] && args+=(--full-size)
   local stamp
   stamp="make_demo_data ${args[*]} $(hash_files tools/make_demo_data.py rawdenoise/demo.py rawdenoise/noise.py rawdenoise/raw.py "$("$VENV/bin/python" -c 'import sys; from rawdenoise.contest import resolve_contest_path as r; print(r(sys.argv[1]))' "$CONTEST")")"
@@ -103,7 +106,11 @@ stage_data() {
   write_stamp "$out/.done" "$stamp"
 }
 
-data_dir() { if [[ -n "$DATA" ]]; then echo "$DATA"; else echo work/demo; fi; }
+# Each data set has its own folders, so a run on other data (--full-size, --data) never replaces another's
+# data, model or entries: work/demo and runs/<recipe> for the default demo set, a suffix for any other.
+data_dir() { if [[ -n "$DATA" ]]; then echo "$DATA"; elif [[ -n "$FULL_SIZE" ]]; then echo work/demo-full; else echo work/demo; fi; }
+runs_suffix() { [[ "$(realpath -m "$(data_dir)")" == "$(realpath -m work/demo)" ]] || echo "-$(basename "$(realpath -m "$(data_dir)")")"; }
+run_dir() { echo "runs/$RECIPE$(runs_suffix)"; }
 patch_size() {  # twice the recipe's training crop: room for random crops and flips
   "$VENV/bin/python" -c 'import sys, tomllib; print(2 * tomllib.load(open(sys.argv[1], "rb"))["data"]["crop"])' "configs/train/$RECIPE.toml"
 }
@@ -113,8 +120,8 @@ patch_store() { echo "work/patches/$(basename "$(cd "$(data_dir)" && pwd)")/p$(p
 # A listing of names, sizes and times: cheap to hash, and it changes whenever a file does.
 hash_tree() { find "$@" -type f -printf '%P %s %T@\n' 2>/dev/null | sort | sha256sum | cut -c1-16; }
 
-score_entry() {  # NAME PRED_DIR GT_DIR: score one entry onto the leaderboard, with its report
-  local name="$1" pred="$2" gt="$3" out="runs/$1"
+score_entry() {  # NAME FOLDER PRED_DIR GT_DIR: score one entry onto the leaderboard, its report in FOLDER
+  local name="$1" out="$2" pred="$3" gt="$4"
   local stamp
   stamp="score $name $pred $gt $CONTEST $(hash_tree "$pred" "$gt") $(hash_files tools/score.py rawdenoise/metrics.py rawdenoise/scoring.py)"
   if stamp_matches "$out/.score.done" "$stamp" && [[ -f runs/leaderboard.sqlite ]]; then
@@ -145,7 +152,8 @@ stage_patches() {
 }
 
 stage_train() {
-  local run="runs/$RECIPE" store stamp mode=--overwrite
+  local run store stamp mode=--overwrite
+  run="$(run_dir)"
   store="$(patch_store)"
   stamp="train $RECIPE $CONTEST $(hash_files "configs/train/$RECIPE.toml" "$store/meta.json" train/*.py rawdenoise/models/*.py)"
   if stamp_matches "$run/.train.done" "$stamp" && [[ -f "$run/model.pth" ]]; then
@@ -165,7 +173,7 @@ stage_train() {
 }
 
 stage_size() {
-  "$VENV/bin/python" tools/check_model_size.py "runs/$RECIPE/model.pth" --contest "$CONTEST"
+  "$VENV/bin/python" tools/check_model_size.py "$(run_dir)/model.pth" --contest "$CONTEST"
 }
 
 layout_folders() {  # the profile's test-input and test-ground-truth folder names
@@ -182,7 +190,9 @@ scoring_root() {
 }
 
 stage_predict() {
-  local run="runs/$RECIPE" noisy_folder gt_folder scoring stamp quiet=()
+  local run noisy_folder gt_folder scoring stamp quiet=() bilateral
+  run="$(run_dir)"
+  bilateral="runs/bilateral$(runs_suffix)"
   read -r noisy_folder gt_folder <<<"$(layout_folders)"
   scoring="$(scoring_root)"
   stamp="predict $RECIPE $CONTEST $(hash_tree "$(data_dir)/$noisy_folder" ${scoring:+"$scoring"}) $(hash_files "$run/model.pth" submission/predict.py rawdenoise/tiling.py tools/bilateral.py)"
@@ -191,21 +201,22 @@ stage_predict() {
     return
   fi
   [[ -t 2 ]] || quiet=(--quiet)
-  rm -rf "$run/result" "$run/localtest" runs/bilateral/result
+  rm -rf "$run/result" "$run/localtest" "$bilateral/result"
   "$VENV/bin/python" submission/predict.py --run "$run" --input "$(data_dir)/$noisy_folder" --contest "$CONTEST" "${quiet[@]}"
   if [[ -n "$scoring" && "$scoring" != "$(data_dir)" ]]; then
     "$VENV/bin/python" submission/predict.py --run "$run" --input "$scoring/$noisy_folder" \
       --output "$run/localtest/data" --contest "$CONTEST" "${quiet[@]}"
   fi
   if [[ -n "$scoring" ]]; then
-    "$VENV/bin/python" tools/bilateral.py --input "$scoring/$noisy_folder" --output runs/bilateral/result/data \
+    "$VENV/bin/python" tools/bilateral.py --input "$scoring/$noisy_folder" --output "$bilateral/result/data" \
       --contest "$CONTEST" "${quiet[@]}"
   fi
   write_stamp "$run/.predict.done" "$stamp"
 }
 
 stage_pack() {
-  local noisy_folder run="runs/$RECIPE" stamp
+  local noisy_folder run stamp
+  run="$(run_dir)"
   read -r noisy_folder _ <<<"$(layout_folders)"
   stamp="pack $RECIPE $CONTEST $(hash_tree "$run/result/data" "$(data_dir)/$noisy_folder") $(hash_files "$run/model.pth" submission/pack.py)"
   if stamp_matches "$run/.pack.done" "$stamp" && [[ -f "$run/result.zip" ]]; then
@@ -225,12 +236,15 @@ stage_score() {
     return
   fi
   [[ "$scoring" == "$(data_dir)" ]] || echo "scoring on the local test set in $scoring (validation frames kept aside)"
-  score_entry noisy "$scoring/$noisy_folder" "$scoring/$gt_folder"
-  score_entry bilateral runs/bilateral/result/data "$scoring/$gt_folder"
+  local suffix run
+  suffix="$(runs_suffix)"
+  run="$(run_dir)"
+  score_entry noisy "runs/noisy$suffix" "$scoring/$noisy_folder" "$scoring/$gt_folder"
+  score_entry bilateral "runs/bilateral$suffix" "runs/bilateral$suffix/result/data" "$scoring/$gt_folder"
   if [[ "$scoring" == "$(data_dir)" ]]; then
-    score_entry "$RECIPE" "runs/$RECIPE" "$scoring/$gt_folder"
+    score_entry "$RECIPE" "$run" "$run" "$scoring/$gt_folder"
   else
-    score_entry "$RECIPE" "runs/$RECIPE/localtest/data" "$scoring/$gt_folder"
+    score_entry "$RECIPE" "$run" "$run/localtest/data" "$scoring/$gt_folder"
   fi
 }
 
