@@ -62,8 +62,10 @@ def test_levels_live_in_module_lists_and_bad_names_are_clear():
     assert isinstance(model.encoder, torch.nn.ModuleList) and isinstance(model.decoder, torch.nn.ModuleList)
     with pytest.raises(InputError, match="unknown model 'resnet'"):
         build_model("resnet")
-    with pytest.raises(InputError, match="bad arguments"):
+    with pytest.raises(InputError, match="cannot be built from arguments .*unexpected keyword argument 'width'"):
         build_model("unet", width=3)
+    with pytest.raises(InputError, match=r"cannot be built from arguments \{'widths': \[0, 8\]\}"):
+        build_model("unet", widths=[0, 8])  # builds, but cannot run a frame: refused before any training
 
 
 def test_infer_runs_whole_frames_and_restores_training_mode():
