@@ -47,3 +47,57 @@ def write_pidng_style(path: Path, mosaic: np.ndarray, cfa_codes: tuple[int, ...]
     out += b"\xab" * (data_offset - len(out))  # filler that write-back must keep
     out += pixels
     Path(path).write_bytes(bytes(out))
+
+
+# Patching a file's IFD0 in place: malformed structures for the hostile-input tests, made from a
+# valid DNG so that every field but the one under test stays sound.
+
+_FIELD_TYPES = {1: "B", 3: "H", 4: "I", 8: "h", 9: "i", 13: "I"}  # TIFF types a patched value may take
+
+
+def ifd0_entries(data: bytes) -> dict[int, int]:
+    """{tag code: byte position of its 12-byte entry} for the first IFD of a classic TIFF."""
+    bo = "<" if data[:2] == b"II" else ">"
+    first = struct.unpack(bo + "I", data[4:8])[0]
+    count = struct.unpack(bo + "H", data[first : first + 2])[0]
+    entries = {}
+    for k in range(count):
+        pos = first + 2 + 12 * k
+        entries[struct.unpack(bo + "H", data[pos : pos + 2])[0]] = pos
+    return entries
+
+
+def patch_tag(
+    data: bytearray, code: int, *, field_type: int | None = None, count: int | None = None, value: int | None = None
+) -> None:
+    """Rewrite the type, count or inline value of tag `code` in IFD0. `value` is stored in the entry's
+    4-byte field as one number of the (new) type, left-justified as TIFF keeps short inline values."""
+    bo = "<" if data[:2] == b"II" else ">"
+    pos = ifd0_entries(data)[code]
+    old_type, old_count = struct.unpack(bo + "HI", data[pos + 2 : pos + 8])
+    field_type = old_type if field_type is None else field_type
+    count = old_count if count is None else count
+    data[pos + 2 : pos + 8] = struct.pack(bo + "HI", field_type, count)
+    if value is not None:
+        fmt = _FIELD_TYPES[field_type]
+        data[pos + 8 : pos + 12] = struct.pack(bo + fmt, value).ljust(4, b"\0")
+
+
+def set_next_ifd(data: bytearray, offset: int) -> None:
+    """Point IFD0's next-IFD field at `offset` (0 ends the chain)."""
+    bo = "<" if data[:2] == b"II" else ">"
+    first = struct.unpack(bo + "I", data[4:8])[0]
+    count = struct.unpack(bo + "H", data[first : first + 2])[0]
+    data[first + 2 + 12 * count : first + 6 + 12 * count] = struct.pack(bo + "I", offset)
+
+
+def append_ifd_ring(data: bytearray, length: int) -> None:
+    """Append `length` small IFDs (one thumbnail-flag tag each) chained in a ring, and lead IFD0 into
+    it: a loop longer than the window in which some readers look for repeats."""
+    bo = "<" if data[:2] == b"II" else ">"
+    data += b"\0" * (len(data) % 2)
+    start, size = len(data), 2 + 12 + 4
+    for k in range(length):
+        following = start + size * ((k + 1) % length)
+        data += struct.pack(bo + "HHHII", 1, 254, 4, 1, 1) + struct.pack(bo + "I", following)
+    set_next_ifd(data, start)
