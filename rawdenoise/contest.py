@@ -52,9 +52,15 @@ class FilePattern:
         return Path(root) / self.folder / self.name(i)
 
     def index_of(self, filename: str) -> int | None:
-        """The index a bare file name carries under this pattern, or None when it does not match."""
+        """The index a bare file name carries under this pattern, or None when it does not match.
+
+        ASCII digits only: `\\d` would also read '٠' (Arabic-Indic zero) as 0, so that two names of one
+        index pass as different files. At most 18 of them, so that int() never meets a 5,000-digit
+        name from a zip (past 4,300 digits it raises). "denoise00" is index 0 like "denoise0": `find`
+        and open_submission refuse a folder or zip holding both.
+        """
         before, after = Path(self.pattern).name.split("{i}")
-        match = re.fullmatch(re.escape(before) + r"(\d+)" + re.escape(after), filename)
+        match = re.fullmatch(re.escape(before) + r"([0-9]{1,18})" + re.escape(after), filename)
         return int(match.group(1)) if match else None
 
     def check_matches(self, expected, found, where, counterpart: str) -> None:

@@ -22,9 +22,10 @@ from rawdenoise.contest import load_contest
 from rawdenoise.errors import InputError
 from rawdenoise.metrics import capped, frame_metrics, limit_threads_for_workers, summarise
 from rawdenoise.raw import check_levels, decode, read
-from rawdenoise.submission import MAX_IMAGE_BYTES, SubmissionZip, open_submission
+from rawdenoise.submission import SubmissionZip, open_submission
 
 CROP = 256  # mosaic pixels per side of the report's crops
+PREDICTION_SLACK = 1 << 20  # bytes a prediction may hold beyond its ground truth's size (and a quarter more)
 
 
 @dataclass(frozen=True)
@@ -89,14 +90,39 @@ def resolve(pred: str | Path, gt_dir: str | Path, contest, noisy_dir: str | Path
     pairs = [
         Pair(i, Path(names.name(i)).stem, gts[i], found[i][0], found[i][1], noisy.get(i)) for i in sorted(gts)
     ]
+    for pair in pairs:  # every size, before any frame is read or decompressed
+        size = submission.sizes[pair.member] if submission else pair.pred_path.stat().st_size
+        _check_size(pair, size)
     return Predictions(pairs, source, submission)
+
+
+def prediction_limit(gt: Path) -> int:
+    """The most bytes a prediction paired with `gt` may hold.
+
+    A prediction is a copy of its input's container with the pixels replaced, so it is about as large
+    as its ground truth: a quarter more and PREDICTION_SLACK leave room for other metadata, and a
+    member or file of hundreds of megabytes beside a frame of a few is refused unread.
+    """
+    size = gt.stat().st_size
+    return size + size // 4 + PREDICTION_SLACK
+
+
+def _check_size(pair: Pair, size: int) -> None:
+    limit = prediction_limit(pair.gt)
+    if size > limit:
+        what = f"declares {size} bytes uncompressed" if pair.member else f"{size} bytes"
+        raise InputError(
+            f"{pair.where}: {what}, more than the {limit} its ground truth {pair.gt.name} allows: "
+            "not a plausible prediction"
+        )
 
 
 def _read_prediction(pair: Pair, contest):
     if pair.member is None:
+        _check_size(pair, pair.pred_path.stat().st_size)
         return read(pair.pred_path, contest)
     zipped = SubmissionZip(pair.pred_path, {})
-    return decode(zipped.read(pair.member, MAX_IMAGE_BYTES), pair.where, contest)
+    return decode(zipped.read(pair.member, prediction_limit(pair.gt)), pair.where, contest)
 
 
 def _worst_block(gt: np.ndarray, pred: np.ndarray) -> tuple[int, int]:
