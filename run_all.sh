@@ -9,9 +9,9 @@
 # (runs/<recipe>/ on the default demo set, runs/<recipe>-<data folder name>/ on any other data, resumed
 # from its last checkpoint when a previous run of the same recipe was interrupted), size (the trained
 # model against the contest's size limit; over it stops the run), predict (tiled inference on the test
-# inputs into the run's result/data/, and the bilateral classical entry into runs/bilateral[-<data>]/),
-# pack (the run's result.zip, validated), score (every entry on the local leaderboard
-# runs/leaderboard.sqlite: the model's zip, the bilateral filter, and the noisy inputs as "do nothing").
+# inputs into the run's result/data/, and the classical entries into runs/bilateral[-<data>]/ and, on the
+# default demo set, runs/bm3d/), pack (the run's result.zip, validated), score (every entry on the local
+# leaderboard runs/leaderboard.sqlite: the model's zip, bilateral, BM3D, and the inputs as "do nothing").
 set -Eeuo pipefail
 cd "$(dirname "$0")"
 
@@ -189,27 +189,50 @@ scoring_root() {
   if [[ -d "$data/$gt_folder" ]]; then echo "$data"; elif [[ -d "$(patch_store)/localtest" ]]; then echo "$(patch_store)/localtest"; fi
 }
 
+# A classical entry (NAME SCRIPT INPUTS) predicts the scoring set into runs/NAME[-data]/result/data,
+# with a stamp of its own: it depends on the test inputs and its code, never on the recipe.
+classical_entry() {
+  local name="$1" script="$2" inputs="$3" folder stamp quiet=()
+  folder="runs/$name$(runs_suffix)"
+  stamp="$name $CONTEST $(hash_tree "$inputs") $(hash_files "$script" rawdenoise/*.py)"
+  if stamp_matches "$folder/.predict.done" "$stamp" && [[ -d "$folder/result/data" ]]; then
+    echo "$name: predictions up to date in $folder/result/data"
+    return
+  fi
+  [[ -t 2 ]] || quiet=(--quiet)
+  "$VENV/bin/python" "$script" --input "$inputs" --output "$folder/result/data" --contest "$CONTEST" "${quiet[@]}"
+  write_stamp "$folder/.predict.done" "$stamp"
+}
+
+# BM3D costs about 10 s a demo frame on one core: run_all runs it on the default demo set (about
+# 1.5 minutes on 2 cores) and names the command for anything larger.
+runs_bm3d() { [[ -z "$(runs_suffix)" ]]; }
+
 stage_predict() {
-  local run noisy_folder gt_folder scoring stamp quiet=() bilateral
+  local run noisy_folder gt_folder scoring stamp quiet=()
   run="$(run_dir)"
-  bilateral="runs/bilateral$(runs_suffix)"
   read -r noisy_folder gt_folder <<<"$(layout_folders)"
   scoring="$(scoring_root)"
-  stamp="predict $RECIPE $CONTEST $(hash_tree "$(data_dir)/$noisy_folder" ${scoring:+"$scoring"}) $(hash_files "$run/model.pth" submission/predict.py rawdenoise/tiling.py tools/bilateral.py)"
+  if [[ -n "$scoring" ]]; then
+    classical_entry bilateral tools/bilateral.py "$scoring/$noisy_folder"
+    if runs_bm3d; then
+      classical_entry bm3d tools/bm3d_denoise.py "$scoring/$noisy_folder"
+    else
+      echo "bm3d: not run on data this large (minutes a frame); to rank it: python tools/bm3d_denoise.py" \
+        "--input $scoring/$noisy_folder --output runs/bm3d$(runs_suffix)/result/data --contest $CONTEST"
+    fi
+  fi
+  stamp="predict $RECIPE $CONTEST $(hash_tree "$(data_dir)/$noisy_folder" ${scoring:+"$scoring"}) $(hash_files "$run/model.pth" submission/predict.py rawdenoise/tiling.py)"
   if stamp_matches "$run/.predict.done" "$stamp"; then
     echo "predictions up to date in $run/result/data"
     return
   fi
   [[ -t 2 ]] || quiet=(--quiet)
-  rm -rf "$run/result" "$run/localtest" "$bilateral/result"
+  rm -rf "$run/result" "$run/localtest"
   "$VENV/bin/python" submission/predict.py --run "$run" --input "$(data_dir)/$noisy_folder" --contest "$CONTEST" "${quiet[@]}"
   if [[ -n "$scoring" && "$scoring" != "$(data_dir)" ]]; then
     "$VENV/bin/python" submission/predict.py --run "$run" --input "$scoring/$noisy_folder" \
       --output "$run/localtest/data" --contest "$CONTEST" "${quiet[@]}"
-  fi
-  if [[ -n "$scoring" ]]; then
-    "$VENV/bin/python" tools/bilateral.py --input "$scoring/$noisy_folder" --output "$bilateral/result/data" \
-      --contest "$CONTEST" "${quiet[@]}"
   fi
   write_stamp "$run/.predict.done" "$stamp"
 }
@@ -241,6 +264,9 @@ stage_score() {
   run="$(run_dir)"
   score_entry noisy "runs/noisy$suffix" "$scoring/$noisy_folder" "$scoring/$gt_folder"
   score_entry bilateral "runs/bilateral$suffix" "runs/bilateral$suffix/result/data" "$scoring/$gt_folder"
+  if [[ -d "runs/bm3d$suffix/result/data" ]]; then
+    score_entry bm3d "runs/bm3d$suffix" "runs/bm3d$suffix/result/data" "$scoring/$gt_folder"
+  fi
   if [[ "$scoring" == "$(data_dir)" ]]; then
     score_entry "$RECIPE" "$run" "$run" "$scoring/$gt_folder"
   else
