@@ -174,6 +174,7 @@ def score_pair(pair: Pair, contest, crops: bool = False) -> ImageResult:
 
 
 def default_workers(n_pairs: int) -> int:
+    """One worker per core this process may use, and no more than there is work for."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(n_pairs, cores))
 

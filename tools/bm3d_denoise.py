@@ -20,7 +20,6 @@ if __name__ == "__main__":  # as a script, make the repository's packages import
 
 import argparse
 import multiprocessing
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -32,6 +31,7 @@ from rawdenoise.contest import load_contest
 from rawdenoise.errors import InputError
 from rawdenoise.files import replaced_folder
 from rawdenoise.raw import read, write_back
+from rawdenoise.scoring import default_workers
 from rawdenoise.vst import anscombe, inverse_anscombe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,11 +72,6 @@ def denoise_file(source: Path, dest: Path, contest, noise: tuple[float, float] |
     frame = read(source, contest)
     a, b = frame_noise(frame, noise)
     write_back(source, dest, frame.to_mosaic(bm3d_packed(frame.packed(), a, b, profile)))
-
-
-def default_workers(frames: int) -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(frames, cores))
 
 
 def build_parser() -> argparse.ArgumentParser:
