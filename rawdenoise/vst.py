@@ -3,7 +3,7 @@
 A normalised value observed as N(x, a*x + b) (shot noise of gain a, read noise of variance b) is
 what a Poisson-Gaussian sensor gives: z = x/a is Poisson-like with Gaussian noise of std s = sqrt(b)/a.
 The generalised Anscombe transform (Starck, Murtagh & Bijaoui 1998) f(z) = 2*sqrt(z + 3/8 + s^2)
-turns that into noise of variance ~1 at every level, so a denoiser built for white Gaussian noise
+(here less its value at zero, see `anscombe`) turns that into noise of variance ~1 at every level, so a denoiser built for white Gaussian noise
 (BM3D) can be told "sigma = 1".
 
 Going back, the algebraic inverse is badly biased where the noise is large against the signal, and
@@ -27,9 +27,15 @@ _GRID = np.linspace(0.0, 1.0, 4097) ** 2  # normalised means, dense near black w
 
 
 def anscombe(x: np.ndarray, a: float, b: float) -> np.ndarray:
-    """Noisy normalised values -> values whose noise has variance ~1."""
-    z = np.asarray(x, dtype=np.float64) / a
-    return 2.0 * np.sqrt(np.maximum(z + 0.375 + b / (a * a), 0.0))
+    """Noisy normalised values -> values whose noise has variance ~1.
+
+    (2/a)*sqrt(a*x + c) with c = 3/8*a^2 + b, less its value at x = 0, written as
+    2x / (sqrt(a*x + c) + sqrt(c)): the same noise, but exact as a -> 0 (read noise alone, where it
+    tends to x / sqrt(b)) instead of a difference of numbers near 2*sqrt(b)/a that float32 code
+    (BM3D's) cannot resolve."""
+    x = np.asarray(x, dtype=np.float64)
+    c = max(0.375 * a * a + b, 1e-30)
+    return 2.0 * x / (np.sqrt(np.maximum(a * x + c, 0.0)) + np.sqrt(c))
 
 
 def expected_anscombe(x: np.ndarray, a: float, b: float) -> np.ndarray:

@@ -56,16 +56,20 @@ def test_bm3d_told_each_frames_noise_improves_every_test_frame(demo, tmp_path):
         assert after > before, f"frame {i}: {before:.2f} dB in, {after:.2f} dB out"
 
 
-def test_a_frame_without_a_noise_profile_needs_noise(demo, tmp_path):
+def test_a_frame_without_a_noise_profile_is_denoised_at_its_estimated_level(tmp_path):
+    demo = make_demo_dataset(tmp_path / "demo", ZTE, size=(256, 384), progress=False)  # room for an estimate
     inputs = tmp_path / "in"
     inputs.mkdir()
-    frame = read(demo / "testset" / "noisy0.dng", ZTE)
-    write_dng(inputs / "noisy0.dng", frame.mosaic, frame.cfa, frame.black, frame.white)  # no NoiseProfile tag
-    result = tool("--input", str(inputs), "--output", str(tmp_path / "out"))
-    assert result.returncode == 2 and "noisy0.dng" in result.stderr and "--noise" in result.stderr
-    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
-    given = tool("--input", str(inputs), "--output", str(tmp_path / "out"), "--noise", "1e-3,1e-5")
-    assert given.returncode == 0, given.stderr
-    assert (tmp_path / "out" / "denoise0.dng").is_file()
-    bad = tool("--input", str(inputs), "--noise", "-1,0")
-    assert bad.returncode == 2 and "--noise" in bad.stderr
+    frame = read(demo / "testset" / "noisy5.dng", ZTE)
+    write_dng(inputs / "noisy5.dng", frame.mosaic, frame.cfa, frame.black, frame.white)  # no NoiseProfile tag
+    outputs = {}
+    for label, extra in (("estimated", ()), ("tagged", ("--noise", ",".join(map(str, frame.noise_profile))))):
+        result = tool("--input", str(inputs), "--output", str(tmp_path / label), *extra)
+        assert result.returncode == 0, result.stderr
+        outputs[label] = read(tmp_path / label / "denoise5.dng", ZTE).mosaic
+    gt = read(ZTE.layout.test_gt.path(demo, 5), ZTE).mosaic
+    scores = {k: psnr(gt, v, ZTE.metric.data_range) for k, v in outputs.items()}
+    assert abs(scores["estimated"] - scores["tagged"]) < 0.3, scores
+    assert scores["estimated"] > psnr(gt, frame.mosaic, ZTE.metric.data_range) + 3, scores
+    bad = tool("--input", str(inputs), "--noise", "-1,0")  # a negative variance
+    assert bad.returncode == 2 and "--noise" in bad.stderr and "Traceback" not in bad.stderr

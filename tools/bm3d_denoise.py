@@ -7,7 +7,8 @@ white Gaussian noise of a known level. The contest's noise is signal-dependent (
 each frame goes through the generalised Anscombe transform of its own (a, b) (rawdenoise.vst), where
 the noise has unit variance, is denoised there with sigma 1, and comes back through the exact
 unbiased inverse. The four packed channels are filtered together, block matching on Gr (the greens
-carry the most signal). (a, b) is the frame's DNG NoiseProfile tag, or --noise for every frame.
+carry the most signal). (a, b) is --noise for every frame, else the frame's DNG NoiseProfile tag, else
+the estimate from the frame itself (rawdenoise.noise_estimate).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from rawdenoise import cli
 from rawdenoise.contest import load_contest
 from rawdenoise.errors import InputError
 from rawdenoise.files import replaced_folder
+from rawdenoise.noise_estimate import estimate_noise_profile
 from rawdenoise.raw import read, write_back
 from rawdenoise.scoring import default_workers
 from rawdenoise.vst import anscombe, inverse_anscombe
@@ -53,19 +55,20 @@ def parse_noise(text: str) -> tuple[float, float]:
         a, b = (float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected A,B such as 1e-3,1e-5, got {text!r}") from None
-    if not (a > 0 and b >= 0 and np.isfinite(a) and np.isfinite(b)):
-        raise argparse.ArgumentTypeError(f"a must be positive and b at least 0, got {text!r}")
+    if not (a >= 0 and b >= 0 and a + b > 0 and np.isfinite(a) and np.isfinite(b)):
+        raise argparse.ArgumentTypeError(f"a and b must be at least 0, not both 0, got {text!r}")
     return a, b
 
 
 def frame_noise(frame, override: tuple[float, float] | None) -> tuple[float, float]:
-    """The frame's (a, b): --noise, else its NoiseProfile tag (S, O per the DNG spec: variance S*x + O)."""
+    """The frame's (a, b): --noise, else its NoiseProfile tag (S, O per the DNG spec: variance S*x + O),
+    else estimated from the frame itself."""
     if override is not None:
         return override
     profile = frame.noise_profile
-    if not profile or len(profile) < 2 or not profile[0] > 0 or profile[1] < 0:
-        raise InputError(f"{frame.path}: no usable NoiseProfile tag ({profile}); give the level with --noise A,B")
-    return float(profile[0]), float(profile[1])
+    if profile and len(profile) >= 2 and profile[0] >= 0 and profile[1] >= 0 and profile[0] + profile[1] > 0:
+        return float(profile[0]), float(profile[1])
+    return estimate_noise_profile(frame)
 
 
 def denoise_file(source: Path, dest: Path, contest, noise: tuple[float, float] | None, profile: str) -> None:
@@ -80,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default=str(ROOT / "runs" / "bm3d" / "result" / "data"),
                         help="folder for denoise{i}.dng (default: runs/bm3d/result/data)")  # fmt: skip
     parser.add_argument("--noise", type=parse_noise, metavar="A,B",
-                        help="noise variance a*x + b for every frame (default: each frame's NoiseProfile tag)")  # fmt: skip
+                        help="noise variance a*x + b for every frame (default: each frame's NoiseProfile tag, else its estimate)")  # fmt: skip
     parser.add_argument("--profile", default="np", choices=("np", "refilter", "high"),
                         help="bm3d's parameter set (default: %(default)s)")  # fmt: skip
     parser.add_argument("--workers", type=int, metavar="N",
