@@ -63,6 +63,10 @@ class FilePattern:
         match = re.fullmatch(re.escape(before) + r"([0-9]{1,18})" + re.escape(after), filename)
         return int(match.group(1)) if match else None
 
+    def matches(self, filename: str) -> bool:
+        """Whether a bare file name is one of this pattern's (for a folder that holds only such files)."""
+        return self.index_of(filename) is not None
+
     def check_matches(self, expected, found, where, counterpart: str) -> None:
         """Refuse predictions that are missing, or that have no `counterpart` among the expected indices."""
         missing = sorted(set(expected) - set(found))

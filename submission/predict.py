@@ -98,7 +98,7 @@ def predict_folder(model, input_dir: Path, output_dir: Path, contest, tile: int 
         if layout.compression != 1 or layout.bits_per_sample != 16:
             raise InputError(f"{path}: compressed or non-16-bit raw data; predictions cannot be written back into it")
     names = contest.submission.output
-    with replaced_folder(output_dir, owned=lambda name: names.index_of(name) is not None) as staging:
+    with replaced_folder(output_dir, owned=names.matches) as staging:
         for i, path in tqdm(inputs.items(), desc="predict", unit="frame", disable=not progress):
             frame = read(path, contest)
             prediction = frame.to_mosaic(denoise(model, frame.packed(), tile, tta))

@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     output, names = Path(args.output), contest.submission.output
     start = time.perf_counter()
     # the set replaces an earlier one only once complete: a failure half-way never leaves a mix
-    with replaced_folder(output, owned=lambda name: names.index_of(name) is not None) as staging:
+    with replaced_folder(output, owned=names.matches) as staging:
         for i, path in tqdm(inputs.items(), desc="bilateral", unit="frame", disable=args.quiet):
             frame = read(path, contest)
             filtered = bilateral(frame.packed(), args.radius, args.sigma_space, args.sigma_color)

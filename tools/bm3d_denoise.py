@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     output, names = Path(args.output), contest.submission.output
     start = time.perf_counter()
     # the set replaces an earlier one only once complete: a failure half-way never leaves a mix
-    with replaced_folder(output, owned=lambda name: names.index_of(name) is not None) as staging:
+    with replaced_folder(output, owned=names.matches) as staging:
         # workers start from a clean server process, never forked from one whose OpenMP (rawpy) may run
         context = multiprocessing.get_context("forkserver")
         with ProcessPoolExecutor(args.workers or default_workers(len(inputs)), context) as pool:
