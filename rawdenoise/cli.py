@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sqlite3
 import sys
+import math
 from typing import Callable, Sequence
 
 from rawdenoise.errors import InputError
@@ -24,6 +25,29 @@ def add_contest_argument(parser: argparse.ArgumentParser) -> None:
         metavar="NAME|PATH",
         help="contest profile: a name in configs/contests/ or a path to a TOML file (default: %(default)s)",
     )
+
+
+def noise_choice(text: str):
+    """--noise: "auto" (each frame's NoiseProfile tag, else its estimate), "estimate" (always the
+    estimate, tag or not), or "A,B" for every frame."""
+    if text in ("auto", "estimate"):
+        return text
+    try:
+        a, b = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, estimate or A,B such as 1e-3,1e-5, got {text!r}") from None
+    if not (a >= 0 and b >= 0 and a + b > 0 and math.isfinite(a) and math.isfinite(b)):
+        raise argparse.ArgumentTypeError(f"a and b must be finite, at least 0 and not both 0, got {text!r}")
+    return a, b
+
+
+def add_noise_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--noise", type=noise_choice, default="auto", metavar="auto|estimate|A,B",
+        help="each frame's noise profile, variance A*x+B on normalised x: auto takes the DNG's NoiseProfile "
+             "tag, else estimates it from the frame; estimate ignores tags; A,B is used for every frame "
+             "(default: %(default)s)",
+    )  # fmt: skip
 
 
 def describe_os_error(err: OSError) -> str:

@@ -49,6 +49,7 @@ import numpy as np
 from scipy.optimize import least_squares
 from scipy.special import ndtr
 
+from rawdenoise.errors import InputError
 from rawdenoise.raw import RawFrame, channel_positions
 
 CELL = 3  # pixels per cell side: the 3-point polynomial basis
@@ -305,3 +306,57 @@ def estimate_noise_profile(frame, *, black=None, white=None, contest=None) -> tu
     `contest` profile for its levels. See `estimate_noise` for the level sets behind the fit.
     """
     return estimate_noise(frame, black=black, white=white, contest=contest).profile
+
+
+PAIR_LEVEL_SETS = 64  # per pair fit: level sets of equal pixel counts over the clean frame's levels
+
+
+def fit_pair_profile(noisy, clean, *, rounding: float = 0.0) -> tuple[float, float]:
+    """(a, b) of a training pair, fitted to the residual noisy - clean against the clean level.
+
+    Far more exact than any single-frame estimate (every pixel is a noise sample, texture and all),
+    and what real pairs without a NoiseProfile tag need. Both are normalised arrays of one shape;
+    the noisy one clipped to [0, 1] as a sensor does, which the fit models (clipped_moments).
+    `rounding` is the DN rounding's variance in normalised units.
+    """
+    noisy, clean = np.asarray(noisy, dtype=np.float64).ravel(), np.asarray(clean, dtype=np.float64).ravel()
+    if noisy.shape != clean.shape or noisy.size < 2 * PAIR_LEVEL_SETS:
+        raise ValueError(f"a pair needs two frames of one shape and at least {2 * PAIR_LEVEL_SETS} pixels")
+    order = np.argsort(clean, kind="stable")
+    sets = np.array_split(order, PAIR_LEVEL_SETS)
+    level = np.array([clean[s].mean() for s in sets])
+    residual = noisy - clean
+    variance = np.array([residual[s].var() for s in sets])
+    count = np.array([len(s) for s in sets], dtype=np.float64)
+    usable = (variance > 0) & (level > 0) & (level < 1)
+    if usable.sum() < 2:
+        return 0.0, float(max(variance.mean() - rounding, 0.0))
+    level, variance, count = level[usable], variance[usable], count[usable]
+    weight = np.sqrt(count / 2.0)  # log variance of n samples has std sqrt(2/n)
+
+    def residuals(p):
+        a, b = p[0] ** 2, p[1] ** 2
+        return weight * (np.log(clipped_moments(level, a, b)[1] + rounding + 1e-30) - np.log(variance))
+
+    # start from a straight line through the sets, then fit the clipped model in log variance
+    slope, intercept = np.polyfit(level, variance, 1, w=1.0 / variance)
+    p0 = np.sqrt([max(slope, 1e-8), max(intercept, 1e-10)])
+    result = least_squares(residuals, p0, x_scale="jac", method="trf")
+    return float(result.x[0] ** 2), float(result.x[1] ** 2)
+
+
+def frame_noise_profile(frame, source="auto") -> tuple[float, float]:
+    """A frame's (a, b), where the project takes it from: its DNG NoiseProfile tag (S, O per the DNG
+    specification: variance S*x + O), else the estimate from the frame itself. `source` "estimate"
+    skips the tag; an (a, b) pair is returned as given (a command line's --noise A,B)."""
+    if not isinstance(source, str):
+        return float(source[0]), float(source[1])
+    if source not in ("auto", "estimate"):
+        raise ValueError(f"noise source must be auto, estimate or (a, b), got {source!r}")
+    profile = frame.noise_profile
+    if source == "auto" and profile and len(profile) >= 2 and profile[0] >= 0 and profile[1] >= 0 and profile[0] + profile[1] > 0:
+        return float(profile[0]), float(profile[1])
+    try:
+        return estimate_noise_profile(frame)
+    except ValueError as err:
+        raise InputError(f"{frame.path}: cannot estimate its noise profile ({err}); give it as --noise A,B") from None

@@ -1,7 +1,9 @@
 """Denoise a test set: every noisy{i}.dng in --input becomes denoise{i}.dng, written back into a copy of
 its own DNG container (every byte but the pixels kept), values rounded and clipped to [black, white].
+A noise-conditioned model is told each frame's noise profile: its NoiseProfile tag, else the estimate
+from the frame itself (--noise estimate always estimates; --noise A,B sets one for every frame).
 
-    python submission/predict.py --run runs/demo --input work/demo/testset [--tile 512] [--tta]
+    python submission/predict.py --run runs/demo --input work/demo/testset [--tile 512] [--tta] [--noise auto]
     python submission/predict.py --weights W --model unet --model-args '{"widths": [16, 32, 64, 128]}' \\
         --input DIR --output DIR
 """
@@ -27,7 +29,8 @@ from rawdenoise import cli
 from rawdenoise.contest import load_contest
 from rawdenoise.errors import InputError
 from rawdenoise.files import replaced_folder
-from rawdenoise.models import build_model
+from rawdenoise.models import build_model, is_noise_conditioned
+from rawdenoise.noise_estimate import frame_noise_profile
 from rawdenoise.raw import dihedral, pack, phase_offset, read, unpack, write_back
 from rawdenoise.tiff import locate_raw
 from rawdenoise.tiling import infer
@@ -50,14 +53,14 @@ def _backward(packed: np.ndarray, op: int) -> np.ndarray:
     return pack(np.ascontiguousarray(dihedral(mosaic, op, inverse=True)), CANONICAL)
 
 
-def denoise(model: torch.nn.Module, packed: np.ndarray, tile: int | None, tta: bool = False) -> np.ndarray:
+def denoise(model: torch.nn.Module, packed: np.ndarray, tile: int | None, tta: bool = False, noise=None) -> np.ndarray:
     """A normalised packed frame through the model, optionally averaged over the 8 Bayer-preserving
-    flips and transposes (test-time augmentation)."""
+    flips and transposes (test-time augmentation). `noise`: the frame's (a, b)."""
     if not tta:
-        return infer(model, packed, tile)
+        return infer(model, packed, tile, noise=noise)
     total = np.zeros_like(packed, dtype=np.float64)
     for op in range(8):
-        total += _backward(infer(model, _forward(packed, op), tile), op)
+        total += _backward(infer(model, _forward(packed, op), tile, noise=noise), op)
     return (total / 8).astype(np.float32)
 
 
@@ -87,7 +90,8 @@ def load_model(run: Path | None, weights: Path | None, name: str | None, model_a
     return model.to(device).eval()
 
 
-def predict_folder(model, input_dir: Path, output_dir: Path, contest, tile: int | None, tta: bool, progress: bool) -> list[Path]:
+def predict_folder(model, input_dir: Path, output_dir: Path, contest, tile: int | None, tta: bool, progress: bool,
+                   noise="auto") -> list[Path]:  # fmt: skip
     """Every test input -> its prediction in output_dir. The set is written to a staging folder that
     replaces output_dir only once every frame is done: a failure leaves an earlier set untouched, never a mix."""
     inputs = contest.layout.test_noisy.bare.find(input_dir)
@@ -101,7 +105,8 @@ def predict_folder(model, input_dir: Path, output_dir: Path, contest, tile: int 
     with replaced_folder(output_dir, owned=names.matches) as staging:
         for i, path in tqdm(inputs.items(), desc="predict", unit="frame", disable=not progress):
             frame = read(path, contest)
-            prediction = frame.to_mosaic(denoise(model, frame.packed(), tile, tta))
+            profile = frame_noise_profile(frame, noise) if is_noise_conditioned(model) else None
+            prediction = frame.to_mosaic(denoise(model, frame.packed(), tile, tta, profile))
             write_back(path, names.path(staging, i), prediction)
     return [names.path(output_dir, i) for i in inputs]
 
@@ -120,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tta", action="store_true", help="average the 8 Bayer-preserving flips/transposes")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    cli.add_noise_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     cli.add_contest_argument(parser)
     return parser
@@ -146,7 +152,8 @@ def main(argv=None) -> int:
     if args.tile < 0:
         raise InputError(f"--tile must be 0 (whole frames) or positive, got {args.tile}")
     start = time.perf_counter()
-    written = predict_folder(model, Path(args.input), output, contest, args.tile or None, args.tta, not args.quiet)
+    written = predict_folder(model, Path(args.input), output, contest, args.tile or None, args.tta, not args.quiet,
+                             args.noise)  # fmt: skip
     print(f"wrote {len(written)} predictions to {output} in {time.perf_counter() - start:.1f} s")
     return 0
 

@@ -9,29 +9,73 @@ from rawdenoise import InputError
 from rawdenoise.models import REGISTRY, build_model, source_file
 from rawdenoise.tiling import infer
 
-SMALL = {"unet": {"widths": [8, 16, 32]}, "convnext_unet": {"widths": [8, 16, 32], "kernels": [5, 3, 3]}}
+SMALL = {
+    "unet": {"widths": [8, 16, 32]},
+    "convnext_unet": {"widths": [8, 16, 32], "kernels": [5, 3, 3]},
+    "nafnet": {"width": 8, "encoder_blocks": [1, 2], "middle_blocks": 1, "decoder_blocks": [1, 1]},
+}
+NOISE = torch.tensor([[1e-3, 1e-5]])
+
+
+def trained_like(name: str, **kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = build_model(name, **SMALL[name], **kwargs)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    return model
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("noise", ["none", "map", "ksigma"])
 @pytest.mark.parametrize("shape", [(2, 4, 32, 48), (1, 4, 17, 29), (1, 4, 3, 5)])
-def test_output_shape_and_identity_at_initialisation(name, shape):
+def test_output_shape_and_identity_at_initialisation(name, noise, shape):
     torch.manual_seed(0)
-    model = build_model(name, **SMALL[name])
+    model = build_model(name, **SMALL[name], noise=noise)
     x = torch.rand(shape)
     with torch.no_grad():
-        y = model(x)
+        y = model(x, NOISE.expand(shape[0], 2))
     assert y.shape == x.shape
     assert torch.equal(y, x), "an untrained model must return its input (zero-initialised head)"
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_a_conditioned_model_uses_each_samples_noise_and_a_blind_one_ignores_it(name):
+    x = torch.rand(1, 4, 24, 32).expand(2, 4, 24, 32)
+    levels = torch.tensor([[1e-4, 1e-6], [1e-2, 1e-3]])
+    with torch.no_grad():
+        for mode in ("map", "ksigma"):
+            model = trained_like(name, noise=mode)
+            y = model(x, levels)
+            assert not torch.allclose(y[0], y[1], atol=1e-4), f"{mode}: two levels gave one output"
+            with pytest.raises(ValueError, match="noise-conditioned"):
+                model(x)
+        blind = trained_like(name)
+        y = blind(x, levels)
+        assert torch.equal(y[0], y[1]) and torch.equal(y, blind(x))
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_ksigma_maps_every_level_onto_one(name):
+    """The k-sigma transform t = x*k/a + k*b/a**2 is what the network sees: two frames at two levels
+    with the same t get the same network output, scaled back by each level's a/k."""
+    model = trained_like(name, noise="ksigma").double()
+    k = 1e-3  # the model's anchor
+    (a1, b1), (a2, b2) = (2e-4, 3e-6), (4e-3, 1e-4)
+    x1 = torch.rand(1, 4, 24, 32, dtype=torch.float64) * 0.5
+    t = x1 * k / a1 + k * b1 / a1**2
+    x2 = (t - k * b2 / a2**2) * a2 / k
+    with torch.no_grad():
+        r1 = model(x1, torch.tensor([[a1, b1]], dtype=torch.float64)) - x1
+        r2 = model(x2, torch.tensor([[a2, b2]], dtype=torch.float64)) - x2
+    assert r1.abs().max() > 1e-6
+    assert torch.allclose(r2, r1 * a2 / a1, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_padding_and_cropping_keep_odd_sizes_consistent(name):
     """Once trained (non-zero head), an odd-sized input still maps pixel to pixel: the crop of the
     model's output on a larger frame agrees away from the border where padding differs."""
-    torch.manual_seed(0)
-    model = build_model(name, **SMALL[name])
-    for p in model.parameters():
-        torch.nn.init.normal_(p, std=0.05)
+    model = trained_like(name)
     x = torch.rand(1, 4, 37, 45)
     with torch.no_grad():
         y = model(x)

@@ -6,6 +6,7 @@ import torch
 
 from rawdenoise.contest import load_contest
 from rawdenoise.demo import make_demo_dataset
+from rawdenoise.noise_estimate import clipped_moments
 from train.dataset import PatchSamples, StepSampler, bayer_augment
 from train.patch_store import PatchOptions, load_meta, make_patch_store, positions
 
@@ -87,8 +88,60 @@ def test_samples_depend_only_on_seed_step_and_index(store):
     b = PatchSamples(store, 24, global_batch=4, seed=1)
     assert all(torch.equal(x, y) for x, y in zip(a[4 * 7 + 2], b[4 * 7 + 2]))
     assert not torch.equal(a[0][0], a[1][0])
-    noisy, gt = a[5]
+    noisy, gt, profile = a[5]
     assert noisy.shape == gt.shape == (4, 24, 24) and gt.min() >= 0 and gt.max() <= 1
+    assert profile.shape == (2,)
+
+
+def test_the_index_carries_each_pairs_true_profile_from_the_best_source(demo, store, tmp_path):
+    """noise.csv first, else the NoiseProfile tag, else a fit to the pair's residual."""
+    import csv
+    import shutil
+
+    from rawdenoise.demo import read_noise_csv
+    from rawdenoise.raw import read, write_dng
+
+    truth = {row["noisy"]: (float(row["a"]), float(row["b"])) for row in read_noise_csv(demo) if row["split"] == "train"}
+    with open(store / "index.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and {r["noise_source"] for r in rows} == {"noise.csv"}
+    assert all((float(r["a"]), float(r["b"])) == truth[r["noisy"]] for r in rows)
+
+    data = tmp_path / "untagged"  # no noise.csv, and DNGs without the tag: the store fits each pair
+    shutil.copytree(demo / "ground truth", data / "ground truth")
+    for relative in truth:
+        frame = read(demo / relative, ZTE)
+        (data / relative).parent.mkdir(parents=True, exist_ok=True)
+        write_dng(data / relative, frame.mosaic, frame.cfa, frame.black, frame.white)
+    fitted = make_patch_store(data, tmp_path / "s", ZTE, PatchOptions(crop=40, step=32, seed=0), False)
+    with open(fitted / "index.csv", newline="") as f:
+        fitted_rows = {r["noisy"]: r for r in csv.DictReader(f)}
+    assert {r["noise_source"] for r in fitted_rows.values()} == {"pair fit"}
+    for relative, row in fitted_rows.items():
+        a, b = truth[relative]
+        x = read(data / row["gt"], ZTE).packed()  # compare the noise std the fit implies at the frame's own levels
+        error = np.abs(np.sqrt(float(row["a"]) * x + float(row["b"])) / np.sqrt(a * x + b) - 1)
+        assert error.mean() < 0.03 and error.max() < 0.15, (relative, row["a"], row["b"], a, b)
+
+
+def test_re_noised_samples_carry_their_own_level_across_the_whole_range(store):
+    noise_range = ((1e-4, 5e-2), (1e-6, 5e-3))
+    samples = PatchSamples(store, 24, global_batch=4, seed=3, extra_noise=1.0, noise_range=noise_range)
+    levels = []
+    for key in range(64):
+        noisy, gt, (a, b) = samples[key]
+        levels.append((float(a), float(b)))
+        assert noise_range[0][0] <= a <= noise_range[0][1] and noise_range[1][0] <= b <= noise_range[1][1]
+        if key < 8:  # the residual's power is the one the sample's level gives, clipped at 0 and 1
+            mean, variance = clipped_moments(gt.numpy(), float(a), float(b))
+            expected = variance + (mean - gt.numpy()) ** 2
+            measured = (noisy - gt).numpy() ** 2
+            assert measured.mean() / expected.mean() == pytest.approx(1.0, abs=0.1)
+    a_values = np.log10([a for a, _ in levels])
+    assert a_values.min() < -3.3 and a_values.max() > -1.8, "levels must span the range, heavy test noise included"
+    told = PatchSamples(store, 24, global_batch=4, seed=3, noise_jitter=0.2)
+    plain = PatchSamples(store, 24, global_batch=4, seed=3)
+    assert torch.equal(told[0][0], plain[0][0]) and not torch.equal(told[0][2], plain[0][2])
 
 
 def test_step_sampler_splits_each_global_batch_over_ranks():

@@ -1,14 +1,14 @@
 """The strongest classical reference entry: BM3D told each frame's noise, written as a submission.
 
-    python tools/bm3d_denoise.py --input work/demo/testset [--output runs/bm3d/result/data] [--noise A,B]
+    python tools/bm3d_denoise.py --input work/demo/testset [--output runs/bm3d/result/data] [--noise auto|estimate|A,B]
 
 BM3D (Dabov et al. 2007; the authors' PyPI package `bm3d`, free for non-commercial use) removes
 white Gaussian noise of a known level. The contest's noise is signal-dependent (variance a*x + b), so
 each frame goes through the generalised Anscombe transform of its own (a, b) (rawdenoise.vst), where
 the noise has unit variance, is denoised there with sigma 1, and comes back through the exact
 unbiased inverse. The four packed channels are filtered together, block matching on Gr (the greens
-carry the most signal). (a, b) is --noise for every frame, else the frame's DNG NoiseProfile tag, else
-the estimate from the frame itself (rawdenoise.noise_estimate).
+carry the most signal). (a, b) is the frame's DNG NoiseProfile tag, else the estimate from the frame
+itself (rawdenoise.noise_estimate); --noise estimate ignores tags, --noise A,B sets one for every frame.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from rawdenoise import cli
 from rawdenoise.contest import load_contest
 from rawdenoise.errors import InputError
 from rawdenoise.files import replaced_folder
-from rawdenoise.noise_estimate import estimate_noise_profile
+from rawdenoise.noise_estimate import frame_noise_profile
 from rawdenoise.raw import read, write_back
 from rawdenoise.scoring import default_workers
 from rawdenoise.vst import anscombe, inverse_anscombe
@@ -50,30 +50,9 @@ def bm3d_packed(packed: np.ndarray, a: float, b: float, profile: str = "np") -> 
     return inverse_anscombe(restored, a, b).astype(np.float32)
 
 
-def parse_noise(text: str) -> tuple[float, float]:
-    try:
-        a, b = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected A,B such as 1e-3,1e-5, got {text!r}") from None
-    if not (a >= 0 and b >= 0 and a + b > 0 and np.isfinite(a) and np.isfinite(b)):
-        raise argparse.ArgumentTypeError(f"a and b must be at least 0, not both 0, got {text!r}")
-    return a, b
-
-
-def frame_noise(frame, override: tuple[float, float] | None) -> tuple[float, float]:
-    """The frame's (a, b): --noise, else its NoiseProfile tag (S, O per the DNG spec: variance S*x + O),
-    else estimated from the frame itself."""
-    if override is not None:
-        return override
-    profile = frame.noise_profile
-    if profile and len(profile) >= 2 and profile[0] >= 0 and profile[1] >= 0 and profile[0] + profile[1] > 0:
-        return float(profile[0]), float(profile[1])
-    return estimate_noise_profile(frame)
-
-
-def denoise_file(source: Path, dest: Path, contest, noise: tuple[float, float] | None, profile: str) -> None:
+def denoise_file(source: Path, dest: Path, contest, noise, profile: str) -> None:
     frame = read(source, contest)
-    a, b = frame_noise(frame, noise)
+    a, b = frame_noise_profile(frame, noise)
     write_back(source, dest, frame.to_mosaic(bm3d_packed(frame.packed(), a, b, profile)))
 
 
@@ -82,8 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", required=True, help="folder of test inputs (noisy{i}.dng)")
     parser.add_argument("--output", default=str(ROOT / "runs" / "bm3d" / "result" / "data"),
                         help="folder for denoise{i}.dng (default: runs/bm3d/result/data)")  # fmt: skip
-    parser.add_argument("--noise", type=parse_noise, metavar="A,B",
-                        help="noise variance a*x + b for every frame (default: each frame's NoiseProfile tag, else its estimate)")  # fmt: skip
+    cli.add_noise_argument(parser)
     parser.add_argument("--profile", default="np", choices=("np", "refilter", "high"),
                         help="bm3d's parameter set (default: %(default)s)")  # fmt: skip
     parser.add_argument("--workers", type=int, metavar="N",

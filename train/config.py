@@ -63,7 +63,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "data": {
         "crop": Key("int", low=8, help="packed pixels per side of a training crop"),
         "augment": Key("bool", True, help="Bayer-preserving flips and transposes"),
-        "extra_noise": Key("float", 0.0, low=0, high=1, help="share of inputs re-noised from the noise model"),
+        "extra_noise": Key("float", 0.0, low=0, high=1,
+                           help="share of inputs re-noised from the noise model, at levels across the contest's range"),
+        "noise_jitter": Key("float", 0.0, low=0, high=1,
+                            help="std (log units) of the error put on the (a, b) a conditioned model is told"),
         "workers": Key("int", 0, low=0, help="data-loading worker processes"),
         "patches": Key("str", "", help="the patch store folder (or --patches)"),
     },

@@ -1,5 +1,12 @@
 """Training samples from the patch store, with Bayer-preserving augmentation and optional extra noise.
 
+A sample is (noisy, ground truth, noise profile): the (a, b) a noise-conditioned model is told. For a
+stored pair that is the pair's true profile from the store's index; a re-noised sample (a share
+`extra_noise` of them) gets fresh noise at a level drawn across the contest's whole range up to the
+test set's heavier level, so every level is seen whatever the data holds. `noise_jitter` tells the
+model a level off by a random factor (log-normal, that std in log units), so that it learns to
+tolerate an estimated profile's error.
+
 A sample is a function of (seed, step, index within the step's global batch) only: the generator that
 picks its patch, crop, flip and noise is seeded by exactly those numbers. So a resumed run, and a run
 split over torchrun processes (each taking its slice of the global batch), see the same samples as
@@ -21,8 +28,9 @@ import torch
 
 from rawdenoise.errors import InputError
 from rawdenoise.raw import dihedral, pack, phase_offset, unpack
-from train.patch_store import load_meta
+from train.patch_store import load_meta, load_profiles
 
+LEVEL_SPREAD = 0.25  # how far b's place in its range may stray from a's in a synthetic level
 CANONICAL = "RGGB"  # packed order R, Gr, Gb, B is exactly an RGGB mosaic's 2x2 sites
 
 
@@ -44,7 +52,7 @@ class PatchSamples(torch.utils.data.Dataset):
     """Map-style: item `step * global_batch + i` is sample i of that step's global batch."""
 
     def __init__(self, store: str | Path, crop: int, global_batch: int, seed: int, augment: bool = True,
-                 extra_noise: float = 0.0, noise_range: tuple | None = None):  # fmt: skip
+                 extra_noise: float = 0.0, noise_range: tuple | None = None, noise_jitter: float = 0.0):  # fmt: skip
         self.store = Path(store)
         meta = load_meta(self.store)
         if crop + 1 > meta["crop"]:
@@ -58,6 +66,10 @@ class PatchSamples(torch.utils.data.Dataset):
         self.white = float(meta["white"])
         self.extra_noise = extra_noise
         self.noise_range = noise_range  # ((a_lo, a_hi), (b_lo, b_hi)) for synthetic noise
+        self.noise_jitter = noise_jitter
+        self.profiles = load_profiles(self.store)
+        if len(self.profiles) != self.patches:
+            raise InputError(f"{store}: index.csv lists {len(self.profiles)} patches, the arrays hold {self.patches}")
         self._arrays = None
 
     def __len__(self) -> int:
@@ -86,16 +98,27 @@ class PatchSamples(torch.utils.data.Dataset):
         op = int(rng.integers(8)) if self.augment else 0
         pair = bayer_augment(pair, op, self.crop)
         noisy, gt = self.normalise(pair[:4]), self.normalise(pair[4:])
+        profile = self.profiles[k]
         if self.extra_noise and rng.random() < self.extra_noise:
-            noisy = self.synthetic(gt, rng)
-        return torch.from_numpy(noisy), torch.from_numpy(gt)
+            profile = self.synthetic_level(rng)
+            noisy = self.synthetic(gt, profile, rng)
+        if self.noise_jitter:
+            profile = profile * np.exp(self.noise_jitter * rng.standard_normal(2))
+        return torch.from_numpy(noisy), torch.from_numpy(gt), torch.tensor(profile, dtype=torch.float32)
 
-    def synthetic(self, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """A fresh noisy input from the noise model at a log-uniform level: more noise levels than the data has."""
+    def synthetic_level(self, rng: np.random.Generator) -> np.ndarray:
+        """(a, b) log-uniform over the range, b's place in its range near a's: a sensor's read noise
+        grows with its gain, but not in lockstep (LEVEL_SPREAD of the log range either way)."""
         (a_lo, a_hi), (b_lo, b_hi) = self.noise_range
         t = rng.random()
-        a = float(np.exp(np.log(a_lo) + t * (np.log(a_hi) - np.log(a_lo))))
-        b = float(np.exp(np.log(b_lo) + t * (np.log(b_hi) - np.log(b_lo))))
+        u = float(np.clip(t + LEVEL_SPREAD * (2 * rng.random() - 1), 0.0, 1.0))
+        a = np.exp(np.log(a_lo) + t * (np.log(a_hi) - np.log(a_lo)))
+        b = np.exp(np.log(b_lo) + u * (np.log(b_hi) - np.log(b_lo)))
+        return np.array([a, b])
+
+    def synthetic(self, gt: np.ndarray, profile: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A fresh noisy input from the noise model at `profile`, clipped and rounded as a sensor's are."""
+        a, b = (float(v) for v in profile)
         noisy = gt + np.sqrt(np.maximum(a * gt + b, 0)) * rng.standard_normal(gt.shape, dtype=np.float32)
         step = 1.0 / (self.white - self.black)
         return (np.round(np.clip(noisy, 0, 1) / step) * step).astype(np.float32)

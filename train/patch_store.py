@@ -2,7 +2,8 @@
 
 Layout of a store folder:
     train_noisy.npy, train_gt.npy   uint16 (N, 4, P, P): canonical packed R, Gr, Gb, B patches, in DN
-    index.csv                       one row per patch: frame, files, position, a noise-level estimate
+    index.csv                       one row per patch: frame, files, position, the residual's std, and the
+                                    pair's noise profile (a, b) with where it came from (noise_source)
     meta.json                       how it was made, the levels, and the validation frames (written last:
                                     a store without it is incomplete)
     localtest/                      only for data with no test ground truth: the validation frames again,
@@ -10,6 +11,10 @@ Layout of a store folder:
 
 Validation frames are whole frames, never cut: training validates on them as the contest scores.
 Frames stream through one pair at a time; the arrays are preallocated from the frames' headers.
+
+A pair's true noise profile is what a noise-conditioned model is told while it learns, so it is taken
+from the best source there is: the data's noise.csv, else the noisy DNG's NoiseProfile tag, else a
+fit of the residual noisy - ground truth against the ground truth's level (every pixel a sample).
 """
 
 from __future__ import annotations
@@ -26,11 +31,16 @@ from tqdm import tqdm
 
 from rawdenoise.errors import InputError
 from rawdenoise.files import atomic_path
+from rawdenoise.noise_estimate import fit_pair_profile
 from rawdenoise.raw import pack, read
 from rawdenoise.tiff import locate_raw
 
 META = "meta.json"
-FORMAT = 1
+FORMAT = 2  # 2: index.csv carries each pair's noise profile
+NOISE_CSV = "noise.csv"  # at the data folder's root: split, index, noisy, gt, ..., a, b (make_demo_data writes one)
+
+
+INDEX_COLUMNS = ["patch", "frame", "noisy", "gt", "top", "left", "noise_std", "a", "b", "noise_source"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,37 @@ def _split(indices: list[int], options: PatchOptions) -> tuple[list[int], list[i
     return [i for i in indices if i not in val], val
 
 
+def _listed_profiles(data: Path) -> dict[str, tuple[float, float]]:
+    """noisy file (relative to the data folder) -> (a, b), from the data's noise.csv if it has one."""
+    path = data / NOISE_CSV
+    if not path.is_file():
+        return {}
+    listed = {}
+    with open(path, newline="") as f:
+        for line, row in enumerate(csv.DictReader(f), start=2):
+            try:
+                a, b = float(row["a"]), float(row["b"])
+            except (KeyError, TypeError, ValueError):
+                raise InputError(f"{path}: line {line} has no numeric a and b columns") from None
+            if not (a >= 0 and b >= 0 and np.isfinite(a + b)):
+                raise InputError(f"{path}: line {line}: a and b must be finite and at least 0, got {a}, {b}")
+            if row.get("noisy"):
+                listed[str(Path(row["noisy"]))] = (a, b)
+    return listed
+
+
+def pair_profile(noisy, gt, listed: dict, relative: str, scale: np.ndarray) -> tuple[float, float, str]:
+    """A training pair's (a, b) and its source: noise.csv, the NoiseProfile tag, or a fit to the pair."""
+    if relative in listed:
+        return (*listed[relative], "noise.csv")
+    tag = noisy.noise_profile
+    if tag and len(tag) >= 2 and tag[0] >= 0 and tag[1] >= 0 and tag[0] + tag[1] > 0:
+        return float(tag[0]), float(tag[1]), "tag"
+    rounding = float(np.mean(1.0 / (12.0 * scale**2)))
+    a, b = fit_pair_profile(noisy.packed(), gt.packed(), rounding=rounding)
+    return a, b, "pair fit"
+
+
 def make_patch_store(data: str | Path, out: str | Path, contest, options: PatchOptions, progress: bool = True) -> Path:
     """Cut the training pairs of `data` into a store at `out`; an identical complete store is kept as is."""
     options.check()
@@ -113,6 +154,7 @@ def make_patch_store(data: str | Path, out: str | Path, contest, options: PatchO
     if total == 0:
         raise InputError(f"{data}: no training frame is large enough for {options.crop}-pixel packed patches")
 
+    listed = _listed_profiles(data)
     out.mkdir(parents=True, exist_ok=True)
     meta_path.unlink(missing_ok=True)  # from here on the folder is incomplete until meta.json returns
     black = white = None
@@ -130,12 +172,13 @@ def make_patch_store(data: str | Path, out: str | Path, contest, options: PatchO
             white = gt.white
             pn, pg = pack(noisy.mosaic, contest.cfa), pack(gt.mosaic, contest.cfa)
             scale = (white - black.astype(np.float64))[:, None, None]
+            a, b, source = pair_profile(noisy, gt, listed, str(noisy_files[i].relative_to(data)), scale[:, 0, 0])
             for top, left in grid[i]:
                 window = (slice(None), slice(top, top + options.crop), slice(left, left + options.crop))
                 noisy_arr[k], gt_arr[k] = pn[window], pg[window]
                 residual = (pn[window].astype(np.float64) - pg[window]) / scale
                 rows.append([k, i, noisy_files[i].relative_to(data), gt_files[i].relative_to(data), top, left,
-                             f"{residual.std():.6g}"])  # fmt: skip
+                             f"{residual.std():.6g}", f"{a:.6g}", f"{b:.6g}", source])  # fmt: skip
                 k += 1
         noisy_arr.flush()
         gt_arr.flush()
@@ -144,7 +187,7 @@ def make_patch_store(data: str | Path, out: str | Path, contest, options: PatchO
     with atomic_path(out / "index.csv") as tmp:
         with open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["patch", "frame", "noisy", "gt", "top", "left", "noise_std"])
+            writer.writerow(INDEX_COLUMNS)
             writer.writerows(rows)
     local_test = _keep_local_test(data, out, contest, val, noisy_files, gt_files)
     meta = {
@@ -182,3 +225,13 @@ def load_meta(store: str | Path) -> dict:
     if not path.is_file():
         raise InputError(f"{store}: not a complete patch store (no {META}); run train/make_patches.py")
     return json.loads(path.read_text())
+
+
+def load_profiles(store: str | Path) -> np.ndarray:
+    """(patches, 2) float64: each patch's (a, b), in store order."""
+    path = Path(store) / "index.csv"
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "a" not in rows[0]:
+        raise InputError(f"{store}: its index has no noise profiles (an older store); rebuild it with train/make_patches.py")
+    return np.array([[float(r["a"]), float(r["b"])] for r in rows])

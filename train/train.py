@@ -35,7 +35,8 @@ from rawdenoise.contest import load_contest
 from rawdenoise.errors import InputError
 from rawdenoise.files import atomic_path
 from rawdenoise.metrics import frame_metrics, summarise
-from rawdenoise.models import build_model
+from rawdenoise.models import build_model, is_noise_conditioned
+from rawdenoise.noise_estimate import frame_noise_profile
 from rawdenoise.raw import read
 from rawdenoise.tiling import infer
 from train.config import describe as describe_recipe_keys
@@ -88,11 +89,15 @@ def loss_fn(name: str):
 
 def validate(model, frames, contest) -> tuple[float, float, float]:
     """Contest metrics of the model (None: the noisy input as is) on whole validation frames, through
-    the same inference as predict."""
+    the same inference as predict, noise profile included (the tag, else the estimate)."""
     psnrs, ssims = [], []
     for noisy_path, gt_path in frames:
         noisy, gt = read(noisy_path, contest), read(gt_path, contest)
-        prediction = noisy.mosaic if model is None else noisy.to_mosaic(infer(model, noisy.packed()))
+        if model is None:
+            prediction = noisy.mosaic
+        else:
+            noise = frame_noise_profile(noisy) if is_noise_conditioned(model) else None
+            prediction = noisy.to_mosaic(infer(model, noisy.packed(), noise=noise))
         p, s = frame_metrics(gt.mosaic, prediction, contest)
         psnrs.append(p)
         ssims.append(s)
@@ -234,7 +239,7 @@ def main(argv=None) -> int:
     samples = PatchSamples(
         store, cfg_data["crop"], batch, cfg["seed"], cfg_data["augment"], cfg_data["extra_noise"],
         ((contest.noise.a_range[0], contest.noise.a_range[1] * heavier),
-         (contest.noise.b_range[0], contest.noise.b_range[1] * heavier)),
+         (contest.noise.b_range[0], contest.noise.b_range[1] * heavier)), cfg_data["noise_jitter"],
     )  # fmt: skip
     workers = cfg_data["workers"]
     loader = torch.utils.data.DataLoader(
@@ -283,12 +288,13 @@ def main(argv=None) -> int:
 
     # --- the loop --------------------------------------------------------------------------------
     try:
-        for noisy, gt in loader:
+        for noisy, gt, noise in loader:
             if args.stop_after is not None and step >= args.stop_after:
                 break
             noisy, gt = noisy.to(device, dtype, non_blocking=True), gt.to(device, dtype, non_blocking=True)
+            noise = noise.to(device, dtype, non_blocking=True)
             with amp:
-                loss = criterion(net(noisy).to(dtype), gt)
+                loss = criterion(net(noisy, noise).to(dtype), gt)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             if clip:

@@ -14,7 +14,17 @@ from rawdenoise.errors import InputError
 REGISTRY = {
     "unet": ("unet", "UNet"),
     "convnext_unet": ("convnext_unet", "ConvNeXtUNet"),
+    "nafnet": ("nafnet", "NAFNet"),
 }
+
+# A level inside every contest's range, for the runs that only need some valid (a, b): the smoke
+# forward below and the receptive-field probe.
+PROBE_NOISE = (1e-3, 1e-5)
+
+
+def is_noise_conditioned(model) -> bool:
+    """Whether the model's output depends on the (a, b) it is given (and so needs each frame's)."""
+    return getattr(model, "noise", "none") != "none"
 
 
 def model_class(name: str):
@@ -41,7 +51,7 @@ def build_model(name: str, **kwargs):
         model = cls(**kwargs)
         side = 2 ** (getattr(model, "depth", 0) + 1)
         with torch.no_grad():  # arguments that build but cannot run (a zero width) fail here, not mid-training
-            model(torch.zeros(1, 4, side, side))
+            model(torch.zeros(1, 4, side, side), torch.tensor([PROBE_NOISE]))
     except Exception as err:
         raise InputError(f"model {name!r}: cannot be built from arguments {kwargs} ({type(err).__name__}: {err})") from None
     return model

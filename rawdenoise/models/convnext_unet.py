@@ -5,11 +5,49 @@ Self-contained (imports torch only): this file ships as the contest's network.py
 the noise residual, out = x + f(x), with a zero-initialised head, so an untrained network returns its
 input. No batch statistics and no global pooling: an output pixel depends on a bounded neighbourhood,
 which is what lets tiled inference equal whole-frame inference.
+
+Noise conditioning (`noise=` "none", "map" or "ksigma") lives here too, pointwise, so tiles stay exact:
+forward(x, noise) takes each sample's (a, b), the variance a*x + b of its normalised values.
 """
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+KSIGMA_ANCHOR = 1e-3  # the shot-noise gain every level is mapped to by the k-sigma transform
+
+
+class NoiseConditioning(nn.Module):
+    """How the network is told each sample's noise profile (a, b):
+    - "none": blind; (a, b) is ignored;
+    - "map": the per-pixel noise std sqrt(a*x + b) joins the input as one channel per colour channel
+      (Brooks et al. 2019, "Unprocessing Images for Learned Raw Denoising");
+    - "ksigma": PMRID's variance-stabilising scaling (Wang et al. 2020): t = x*k/a + k*b/a**2 has variance
+      k*E[t] at every level, so the network sees one noise family; its residual is scaled back by a/k.
+    """
+
+    MODES = ("none", "map", "ksigma")
+
+    def __init__(self, mode: str, channels: int):
+        super().__init__()
+        if mode not in self.MODES:
+            raise ValueError(f"noise must be one of {', '.join(self.MODES)}, got {mode!r}")
+        self.mode = mode
+        self.extra_channels = channels if mode == "map" else 0
+
+    def forward(self, x, noise):
+        """-> (the network's input, the factor that maps its residual back to x's scale)."""
+        if self.mode == "none":
+            return x, 1.0
+        if noise is None:
+            raise ValueError(f"this model is noise-conditioned ({self.mode}): call it as model(x, noise) with each sample's (a, b)")
+        noise = noise.to(x.dtype).reshape(-1, 2, 1, 1)
+        a, b = noise[:, :1].clamp(min=0), noise[:, 1:].clamp(min=0)
+        if self.mode == "map":
+            return torch.cat([x, torch.sqrt(a * x.clamp(min=0) + b + 1e-12)], dim=1), 1.0
+        a = a.clamp(min=1e-8)
+        return x * (KSIGMA_ANCHOR / a) + KSIGMA_ANCHOR * b / (a * a), a / KSIGMA_ANCHOR
 
 
 class Block(nn.Module):
@@ -32,14 +70,16 @@ class Block(nn.Module):
 
 
 class ConvNeXtUNet(nn.Module):
-    def __init__(self, in_channels: int = 4, widths=(128, 256, 512, 1024), kernels=(3, 3, 3, 3)):
+    def __init__(self, in_channels: int = 4, widths=(128, 256, 512, 1024), kernels=(3, 3, 3, 3), noise: str = "none"):
         super().__init__()
         widths, kernels = list(widths), list(kernels)
         if len(kernels) != len(widths):
             raise ValueError(f"one kernel size per level: {len(widths)} widths, {len(kernels)} kernels")
         self.depth = len(widths) - 1
+        self.noise = noise
+        self.conditioning = NoiseConditioning(noise, in_channels)
         self.encoder = nn.ModuleList()
-        c = in_channels
+        c = in_channels + self.conditioning.extra_channels
         for w, k in zip(widths, kernels):
             self.encoder.append(Block(c, w, k))
             c = w
@@ -50,12 +90,12 @@ class ConvNeXtUNet(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, x):
+    def forward(self, x, noise=None):
         h, w = x.shape[-2:]
         m = 2**self.depth
         padded = F.pad(x, (0, -w % m, 0, -h % m), mode="replicate")
+        y, scale = self.conditioning(padded, noise)
         skips = []
-        y = padded
         for level, block in enumerate(self.encoder):
             y = block(y)
             if level < self.depth:
@@ -64,4 +104,4 @@ class ConvNeXtUNet(nn.Module):
         for level in reversed(range(self.depth)):
             y = self.decoder[level](torch.cat([self.up[level](y), skips[level]], dim=1))
         residual = self.head(self.head_norm(y.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
-        return (padded + residual)[..., :h, :w]
+        return (padded + residual * scale)[..., :h, :w]

@@ -1,0 +1,162 @@
+"""NAFNet-style U-Net (Chen et al., "Simple Baselines for Image Restoration", ECCV 2022): blocks with
+no non-linear activation, a per-pixel LayerNorm, a 1x1 expansion, a depthwise 3x3 convolution, a
+SimpleGate (one half of the channels times the other), a simplified channel attention and a 1x1
+projection, each of the block's two branches added back through a learned per-channel scale that
+starts at 0. Down-sampling is a stride-2 2x2 convolution, up-sampling a 1x1 convolution and a pixel
+shuffle, and skips are added, not concatenated.
+
+One change from the paper keeps tiled inference exact: its channel attention pools the whole image,
+which would make every output pixel depend on the whole frame. Here it pools a local window
+(`attention_window` pixels at each level's resolution), as NAFNet's own test-time local converter
+does, so an output pixel depends on a bounded neighbourhood.
+
+Self-contained (imports torch only): this file ships as the contest's network.py. The network learns
+the noise residual, out = x + f(x), with a zero-initialised last layer, so an untrained network
+returns its input. Padding to a multiple of 2**depth happens inside forward.
+
+Noise conditioning (`noise=` "none", "map" or "ksigma") lives here too, pointwise, so tiles stay exact:
+forward(x, noise) takes each sample's (a, b), the variance a*x + b of its normalised values.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+KSIGMA_ANCHOR = 1e-3  # the shot-noise gain every level is mapped to by the k-sigma transform
+
+
+class NoiseConditioning(nn.Module):
+    """How the network is told each sample's noise profile (a, b):
+    - "none": blind; (a, b) is ignored;
+    - "map": the per-pixel noise std sqrt(a*x + b) joins the input as one channel per colour channel
+      (Brooks et al. 2019, "Unprocessing Images for Learned Raw Denoising");
+    - "ksigma": PMRID's variance-stabilising scaling (Wang et al. 2020): t = x*k/a + k*b/a**2 has variance
+      k*E[t] at every level, so the network sees one noise family; its residual is scaled back by a/k.
+    """
+
+    MODES = ("none", "map", "ksigma")
+
+    def __init__(self, mode: str, channels: int):
+        super().__init__()
+        if mode not in self.MODES:
+            raise ValueError(f"noise must be one of {', '.join(self.MODES)}, got {mode!r}")
+        self.mode = mode
+        self.extra_channels = channels if mode == "map" else 0
+
+    def forward(self, x, noise):
+        """-> (the network's input, the factor that maps its residual back to x's scale)."""
+        if self.mode == "none":
+            return x, 1.0
+        if noise is None:
+            raise ValueError(f"this model is noise-conditioned ({self.mode}): call it as model(x, noise) with each sample's (a, b)")
+        noise = noise.to(x.dtype).reshape(-1, 2, 1, 1)
+        a, b = noise[:, :1].clamp(min=0), noise[:, 1:].clamp(min=0)
+        if self.mode == "map":
+            return torch.cat([x, torch.sqrt(a * x.clamp(min=0) + b + 1e-12)], dim=1), 1.0
+        a = a.clamp(min=1e-8)
+        return x * (KSIGMA_ANCHOR / a) + KSIGMA_ANCHOR * b / (a * a), a / KSIGMA_ANCHOR
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channels of each pixel (no statistics across pixels or samples)."""
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(1, channels, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.eps = eps
+
+    def forward(self, x):
+        mean = x.mean(1, keepdim=True)
+        centred = x - mean
+        variance = centred.pow(2).mean(1, keepdim=True)
+        return centred * torch.rsqrt(variance + self.eps) * self.weight + self.bias
+
+
+def simple_gate(x):
+    first, second = x.chunk(2, dim=1)
+    return first * second
+
+
+class LocalChannelAttention(nn.Module):
+    """NAFNet's simplified channel attention, x * W(mean of x), with the mean over a local window."""
+
+    def __init__(self, channels: int, window: int):
+        super().__init__()
+        if window < 1 or window % 2 == 0:
+            raise ValueError(f"attention_window must be an odd number of pixels, got {window}")
+        self.window = window
+        self.weight = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):
+        if self.window == 1:
+            pooled = x
+        else:
+            pooled = F.avg_pool2d(x, self.window, stride=1, padding=self.window // 2, count_include_pad=False)
+        return x * self.weight(pooled)
+
+
+class NAFBlock(nn.Module):
+    def __init__(self, channels: int, window: int, expand: int = 2):
+        super().__init__()
+        hidden = channels * expand
+        self.norm1 = LayerNorm2d(channels)
+        self.expand1 = nn.Conv2d(channels, hidden, 1)
+        self.depthwise = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.attention = LocalChannelAttention(hidden // 2, window)
+        self.project1 = nn.Conv2d(hidden // 2, channels, 1)
+        self.norm2 = LayerNorm2d(channels)
+        self.expand2 = nn.Conv2d(channels, hidden, 1)
+        self.project2 = nn.Conv2d(hidden // 2, channels, 1)
+        self.beta = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.gamma = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x):
+        y = self.project1(self.attention(simple_gate(self.depthwise(self.expand1(self.norm1(x))))))
+        x = x + y * self.beta
+        y = self.project2(simple_gate(self.expand2(self.norm2(x))))
+        return x + y * self.gamma
+
+
+class NAFNet(nn.Module):
+    def __init__(self, in_channels: int = 4, width: int = 16, encoder_blocks=(1, 1, 1, 1), middle_blocks: int = 1,
+                 decoder_blocks=(1, 1, 1, 1), attention_window: int = 7, noise: str = "none"):  # fmt: skip
+        super().__init__()
+        encoder_blocks, decoder_blocks = list(encoder_blocks), list(decoder_blocks)
+        if len(encoder_blocks) != len(decoder_blocks):
+            raise ValueError(f"one decoder level per encoder level: {len(encoder_blocks)} and {len(decoder_blocks)}")
+        self.depth = len(encoder_blocks)
+        self.noise = noise
+        self.conditioning = NoiseConditioning(noise, in_channels)
+        self.intro = nn.Conv2d(in_channels + self.conditioning.extra_channels, width, 3, padding=1)
+        self.encoders, self.downs = nn.ModuleList(), nn.ModuleList()
+        c = width
+        for n in encoder_blocks:
+            self.encoders.append(nn.Sequential(*(NAFBlock(c, attention_window) for _ in range(n))))
+            self.downs.append(nn.Conv2d(c, 2 * c, 2, stride=2))
+            c *= 2
+        self.middle = nn.Sequential(*(NAFBlock(c, attention_window) for _ in range(middle_blocks)))
+        self.ups, self.decoders = nn.ModuleList(), nn.ModuleList()
+        for n in reversed(decoder_blocks):
+            self.ups.append(nn.Sequential(nn.Conv2d(c, 2 * c, 1, bias=False), nn.PixelShuffle(2)))
+            c //= 2
+            self.decoders.append(nn.Sequential(*(NAFBlock(c, attention_window) for _ in range(n))))
+        self.ending = nn.Conv2d(width, in_channels, 3, padding=1)
+        nn.init.zeros_(self.ending.weight)
+        nn.init.zeros_(self.ending.bias)
+
+    def forward(self, x, noise=None):
+        h, w = x.shape[-2:]
+        m = 2**self.depth
+        padded = F.pad(x, (0, -w % m, 0, -h % m), mode="replicate")
+        y, scale = self.conditioning(padded, noise)
+        y = self.intro(y)
+        skips = []
+        for encoder, down in zip(self.encoders, self.downs):
+            y = encoder(y)
+            skips.append(y)
+            y = down(y)
+        y = self.middle(y)
+        for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips)):
+            y = decoder(up(y) + skip)
+        return (padded + self.ending(y) * scale)[..., :h, :w]
