@@ -59,17 +59,47 @@ def _leaderboard_plot(entries, highlight: str | None) -> str | None:
     ax.set_xlabel("score")
     ax.set_title("local leaderboard")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return _figure_png(fig)
 
 
 def _fmt_psnr(value: float) -> str:
     return "inf" if math.isinf(value) else f"{value:.4f}"
 
 
-def write_html(path: str | Path, title: str, contest, results, summary, entries, run_name: str | None) -> None:
+def _figure_png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _levels_section(levels) -> str:
+    """The gain over the input per noise level: a table and a bar plot (worst frame marked)."""
+    if not levels:
+        return ""
+    from rawdenoise.noise_levels import plot_gains
+
+    esc = html.escape
+    rows = "".join(
+        f"<tr{' class=harm' if r.worst_gain < 0 else ''}><td>{esc(r.level.label)}</td><td>{r.level.a:.3g}</td>"
+        f"<td>{r.level.b:.3g}</td><td>{r.frames}</td><td>{r.input_psnr:.3f}</td><td>{r.psnr:.3f}</td>"
+        f"<td>{r.gain:+.3f}</td><td>{r.worst_gain:+.3f}</td></tr>"
+        for r in levels
+    )
+    plot = _figure_png(plot_gains(levels, "PSNR gain over the input, per noise level"))
+    return (
+        "<h2>By noise level</h2><p>Mean PSNR of the inputs and of the predictions per noise level, lightest first; "
+        "a worst gain below zero (highlighted) means a frame came out worse than it went in.</p>"
+        f"<img src='{plot}' alt='gain per noise level'>"
+        "<table><tr><th>level</th><th>a</th><th>b</th><th>frames</th><th>input PSNR</th><th>PSNR</th><th>gain</th>"
+        f"<th>worst gain</th></tr>{rows}</table>"
+    )
+
+
+def write_html(path: str | Path, title: str, contest, results, summary, entries, run_name: str | None,
+               levels=()) -> None:  # fmt: skip
     esc = html.escape
     rows = "".join(
         f"<tr><td>{esc(r.name)}</td><td>{_fmt_psnr(r.psnr)}</td><td>{r.ssim:.6f}</td><td>{r.score:.4f}</td></tr>"
@@ -100,7 +130,7 @@ body {{ font-family: sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; }}
 td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
 td:first-child, th:first-child {{ text-align: left; }}
-tr.me {{ background: #fde0c5; }}
+tr.me, tr.harm {{ background: #fde0c5; }}
 .row {{ display: flex; gap: 1em; }}
 figure {{ margin: 0; }} figcaption {{ text-align: center; font-size: 0.9em; }}
 img {{ image-rendering: pixelated; }}
@@ -111,6 +141,7 @@ img {{ image-rendering: pixelated; }}
 <h2>Per image</h2>
 <table><tr><th>image</th><th>PSNR (dB)</th><th>SSIM</th><th>score</th></tr>{rows}
 <tr><th>mean</th><th>{summary.psnr:.4f}</th><th>{summary.ssim:.6f}</th><th>{summary.score:.4f}</th></tr></table>
+{_levels_section(levels)}
 <h2>Where the prediction errs most</h2>
 <p>For each image, the {256}×{256} block with the largest squared error, rendered with one white balance and exposure fitted to the ground truth.</p>
 {''.join(crops_html) or '<p>(no crops)</p>'}

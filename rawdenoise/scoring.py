@@ -20,7 +20,8 @@ import numpy as np
 
 from rawdenoise.contest import load_contest
 from rawdenoise.errors import InputError
-from rawdenoise.metrics import capped, frame_metrics, limit_threads_for_workers, summarise
+from rawdenoise.metrics import capped, frame_metrics, limit_threads_for_workers, psnr, summarise
+from rawdenoise.noise_levels import Level, listed_levels, tagged_level
 from rawdenoise.raw import check_levels, decode, read
 from rawdenoise.submission import SubmissionZip, open_submission
 
@@ -35,7 +36,8 @@ class Pair:
     gt: Path
     pred_path: Path  # a DNG on disk, or the zip
     member: str | None = None  # the DNG inside the zip
-    noisy: Path | None = None  # for the report's crops
+    noisy: Path | None = None  # the test input: the report's crops, and the gain per noise level
+    level: Level | None = None  # from the data's noise.csv (else the input's tag, once read)
 
     @property
     def where(self) -> str:
@@ -50,6 +52,8 @@ class ImageResult:
     ssim: float
     score: float
     crops: dict | None = None  # "gt", "pred", optional "noisy": (4, h, w) normalised, plus "black"/"white"
+    input_psnr: float | None = None  # the test input's own PSNR, when it was read
+    level: Level | None = None  # the input's noise level, when the data say it
 
 
 @dataclass
@@ -87,8 +91,10 @@ def resolve(pred: str | Path, gt_dir: str | Path, contest, noisy_dir: str | Path
         raise InputError(f"{pred}: no such zip, run folder or folder of predictions")
     names = contest.submission.output.bare if source != "noisy" else contest.layout.test_noisy.bare
     names.check_matches(gts, found, label, "ground truth")
+    levels = listed_levels(gt_dir)
     pairs = [
-        Pair(i, Path(names.name(i)).stem, gts[i], found[i][0], found[i][1], noisy.get(i)) for i in sorted(gts)
+        Pair(i, Path(names.name(i)).stem, gts[i], found[i][0], found[i][1], noisy.get(i), levels.get(gts[i].resolve()))
+        for i in sorted(gts)
     ]
     for pair in pairs:  # every size, before any frame is read or decompressed
         size = submission.sizes[pair.member] if submission else pair.pred_path.stat().st_size
@@ -156,21 +162,24 @@ def load_pair(pair: Pair, contest, with_noisy: bool = False) -> LoadedPair:
 
 
 def measure(loaded: LoadedPair, contest, crops: bool = False) -> ImageResult:
-    pair, gt, pred = loaded.pair, loaded.gt, loaded.pred
-    psnr, ssim = frame_metrics(gt.mosaic, pred.mosaic, contest)
-    result = ImageResult(pair.index, pair.name, psnr, ssim, contest.score(capped(psnr, contest), ssim))
+    pair, gt, pred, noisy = loaded.pair, loaded.gt, loaded.pred, loaded.noisy
+    p, ssim = frame_metrics(gt.mosaic, pred.mosaic, contest)
+    result = ImageResult(pair.index, pair.name, p, ssim, contest.score(capped(p, contest), ssim))
+    if noisy is not None and noisy.mosaic.shape == gt.mosaic.shape:
+        result.input_psnr = psnr(gt.mosaic, noisy.mosaic, contest.metric.data_range)
+        result.level = pair.level or tagged_level(noisy)
     if crops:
         top, left = _worst_block(gt.mosaic, pred.mosaic)
         size = min(CROP, gt.mosaic.shape[0], gt.mosaic.shape[1])
         rows, cols = slice(top // 2, (top + size) // 2), slice(left // 2, (left + size) // 2)
         result.crops = {"gt": gt.packed()[:, rows, cols], "pred": pred.packed()[:, rows, cols]}
-        if loaded.noisy is not None and loaded.noisy.mosaic.shape == gt.mosaic.shape:
-            result.crops["noisy"] = loaded.noisy.packed()[:, rows, cols]
+        if noisy is not None and noisy.mosaic.shape == gt.mosaic.shape:
+            result.crops["noisy"] = noisy.packed()[:, rows, cols]
     return result
 
 
-def score_pair(pair: Pair, contest, crops: bool = False) -> ImageResult:
-    return measure(load_pair(pair, contest, crops), contest, crops)
+def score_pair(pair: Pair, contest, crops: bool = False, inputs: bool = False) -> ImageResult:
+    return measure(load_pair(pair, contest, crops or inputs), contest, crops)
 
 
 def default_workers(n_pairs: int) -> int:
@@ -179,8 +188,9 @@ def default_workers(n_pairs: int) -> int:
     return max(1, min(n_pairs, cores))
 
 
-def score_pairs(pairs: list[Pair], contest, workers: int | None = None, crops: bool = False, progress=None):
-    """ImageResults in index order.
+def score_pairs(pairs: list[Pair], contest, workers: int | None = None, crops: bool = False, progress=None,
+                inputs: bool = False):  # fmt: skip
+    """ImageResults in index order; `inputs` also reads each pair's test input (its PSNR and level).
 
     Reading dominates (two 16-megapixel DNG decodes per frame), and rawpy decodes without holding
     the GIL, so `workers` reader threads (default: one per core) load pairs ahead while the metric
@@ -192,11 +202,11 @@ def score_pairs(pairs: list[Pair], contest, workers: int | None = None, crops: b
     results = []
     with ThreadPoolExecutor(workers) as pool:
         upcoming = iter(pairs)
-        pending = deque(pool.submit(load_pair, pair, contest, crops) for pair in islice(upcoming, workers))
+        pending = deque(pool.submit(load_pair, pair, contest, crops or inputs) for pair in islice(upcoming, workers))
         try:
             while pending:
                 loaded = pending.popleft().result()  # the first failure, in index order, stops the run
-                pending.extend(pool.submit(load_pair, pair, contest, crops) for pair in islice(upcoming, 1))
+                pending.extend(pool.submit(load_pair, pair, contest, crops or inputs) for pair in islice(upcoming, 1))
                 results.append(measure(loaded, contest, crops))
                 if progress:
                     progress(1)

@@ -119,8 +119,11 @@ def test_cli_json_is_the_only_stdout_and_identical_frames_are_null_psnr(demo, tm
     result = run_score(str(pred), str(demo / "testset_gt"), "--json", "--workers", "1")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert set(doc) == {"images", "psnr", "ssim", "score"}
+    assert set(doc) == {"images", "psnr", "ssim", "score", "levels"}  # the demo's noise.csv gives levels
     assert all(img["psnr"] is None and img["ssim"] == 1.0 for img in doc["images"])
+    assert all(level["psnr"] == ZTE.metric.psnr_cap and level["gain"] > 0 for level in doc["levels"])
+    bare = run_score(str(pred), str(demo / "testset_gt"), "--json", "--no-levels")
+    assert set(json.loads(bare.stdout)) == {"images", "psnr", "ssim", "score"}
     assert doc["psnr"] == ZTE.metric.psnr_cap and doc["score"] == pytest.approx(ZTE.score(100.0, 1.0))
     assert [img["name"] for img in doc["images"]][:2] == ["denoise0", "denoise1"]
 
@@ -161,6 +164,47 @@ def test_cli_records_runs_ranks_them_and_writes_csv_and_html(demo, tmp_path):
     page = (tmp_path / "report.html").read_text()
     assert page.count("<figure>") == 3 * len(files)  # noisy, denoised and ground truth crops per image
     assert "leaderboard plot" in page
+
+
+def test_the_gain_over_the_input_is_shown_per_noise_level(demo, tmp_path):
+    """Inputs kept as they are at every level but the heaviest, which is replaced by its ground truth,
+    and one frame of the lightest level made worse: each shows in its own row."""
+    import csv
+
+    with open(demo / "noise.csv", newline="") as f:
+        tests = [r for r in csv.DictReader(f) if r["split"] == "test"]
+    heaviest = max(float(r["a"]) for r in tests)
+    lightest = min(float(r["a"]) for r in tests)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    harmed = None
+    for row in tests:
+        i = int(row["index"])
+        source = demo / (row["gt"] if float(row["a"]) == heaviest else row["noisy"])
+        mosaic = read(source, ZTE).mosaic
+        if float(row["a"]) == lightest and harmed is None:
+            harmed = i
+            mosaic = np.clip(mosaic.astype(np.int32) + 40 * (np.arange(mosaic.size).reshape(mosaic.shape) % 3 - 1),
+                             ZTE.black_array.max(), ZTE.white).astype(np.uint16)  # fmt: skip
+        write_back(demo / row["noisy"], pred / f"denoise{i}.dng", mosaic)
+    result = run_score(str(pred), str(demo / "testset_gt"), "--json")
+    assert result.returncode == 0, result.stderr
+    levels = {level["a"]: level for level in json.loads(result.stdout)["levels"]}
+    assert len(levels) == len({r["noise_type"] for r in tests}) and sorted(levels) == list(levels)
+    assert levels[heaviest]["psnr"] == ZTE.metric.psnr_cap and levels[heaviest]["worst_gain"] > 10
+    assert levels[lightest]["worst_gain"] < -0.1 and levels[lightest]["gain"] > levels[lightest]["worst_gain"]
+    assert all(level["gain"] == 0 for a, level in levels.items() if a not in (heaviest, lightest))
+    table = run_score(str(pred), str(demo / "testset_gt"), "--html", str(tmp_path / "r.html"))
+    assert "by noise level" in table.stdout and "heavy" in table.stdout
+    assert "gain per noise level" in (tmp_path / "r.html").read_text()
+
+    # data without noise.csv: the inputs' NoiseProfile tags name the levels
+    bare = tmp_path / "bare"
+    shutil.copytree(demo / "testset", bare / "testset")
+    shutil.copytree(demo / "testset_gt", bare / "testset_gt")
+    tagged = run_score(str(pred), str(bare / "testset_gt"), "--json")
+    labels = [level["level"] for level in json.loads(tagged.stdout)["levels"]]
+    assert labels and all(label.startswith("a=") for label in labels)
 
 
 def _record_many(db: str, prefix: str, n: int) -> None:

@@ -1,10 +1,15 @@
 """Score predictions against ground truth exactly as the contest does, and keep a local leaderboard.
 
     python tools/score.py PRED GT [--contest NAME] [--json] [--csv OUT] [--name RUN] [--html OUT] [--noisy DIR]
+                                  [--no-levels]
 
 PRED: a submission zip, a runs/X folder (its result.zip), or a folder of denoise{i}.dng (or of the
 test inputs noisy{i}.dng, the "do nothing" entry). GT: a folder of gt{i}.dng. Exit 0 when scored,
 2 when an input is wrong (the message names the file or zip member and the problem).
+
+When the test data say each frame's noise level (noise.csv at the data root, or the inputs'
+NoiseProfile tags), the test inputs beside GT are measured too and the PSNR gain over the input is
+shown per level, worst frame included: a model that harms light noise shows at a glance.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from rawdenoise.contest import load_contest
 from rawdenoise.errors import InputError
 from rawdenoise.files import atomic_path
 from rawdenoise.leaderboard import Entry, ranked, record, ground_truth_key
+from rawdenoise.noise_levels import by_level
+from rawdenoise.noise_levels import as_json as levels_as_json
 from rawdenoise.scoring import as_json, resolve, score_pairs, totals
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--csv", metavar="OUT", help="write the per-image table and the means as CSV")
     parser.add_argument("--name", metavar="RUN", help="record this run on the leaderboard under RUN and print the board")
     parser.add_argument("--html", metavar="OUT", help="write a report page with crops and the leaderboard")
-    parser.add_argument("--noisy", metavar="DIR", help="test inputs for the report's crops (default: testset/ beside GT)")
+    parser.add_argument("--noisy", metavar="DIR",
+                        help="test inputs, for the gain per noise level and the report's crops (default: testset/ beside GT)")  # fmt: skip
+    parser.add_argument("--no-levels", action="store_true",
+                        help="skip the test inputs' PSNR and the table per noise level (one decode less per frame)")  # fmt: skip
     parser.add_argument(
         "--leaderboard", metavar="DB", default=str(DEFAULT_LEADERBOARD),
         help="leaderboard database; its CSV export goes beside it (default: runs/leaderboard.sqlite)",
@@ -64,6 +74,17 @@ def print_table(results, summary, out) -> None:
     for r in results:
         print(f"{r.name:<{width}}  {_fmt(r.psnr, 4):>10}  {r.ssim:>9.6f}  {r.score:>8.4f}", file=out)
     print(f"{'mean':<{width}}  {summary.psnr:>10.4f}  {summary.ssim:>9.6f}  {summary.score:>8.4f}", file=out)
+
+
+def print_levels(rows, out) -> None:
+    if not rows:
+        return
+    width = max([len(r.level.label) for r in rows] + [5])
+    print(f"\nby noise level (PSNR gain over the input; worst: the level's worst frame)", file=out)
+    print(f"{'level':<{width}}  {'frames':>6}  {'input':>8}  {'output':>8}  {'gain':>7}  {'worst':>7}", file=out)
+    for r in rows:
+        print(f"{r.level.label:<{width}}  {r.frames:>6}  {r.input_psnr:>8.3f}  {r.psnr:>8.3f}  {r.gain:>+7.3f}  "
+              f"{r.worst_gain:>+7.3f}", file=out)  # fmt: skip
 
 
 def print_leaderboard(entries, highlight: str | None, out) -> None:
@@ -119,12 +140,15 @@ def main(argv=None) -> int:
     for flag, out in (("--csv", args.csv), ("--html", args.html)):
         if out and Path(out).resolve() in (db.resolve(), Path(args.pred).resolve()):
             raise InputError(f"{out}: {flag} would overwrite an input of this scoring (the leaderboard or the predictions)")
-    predictions = resolve(args.pred, gt_dir, contest, noisy_dir if args.html else None)
+    predictions = resolve(args.pred, gt_dir, contest, noisy_dir if args.html or not args.no_levels else None)
     facts = model_facts(predictions, contest) if args.name else {}
+    inputs = not args.no_levels and predictions.source != "noisy"  # the inputs themselves gain nothing
     bar = tqdm(total=len(predictions.pairs), desc="scoring", unit="frame", disable=args.json or not sys.stderr.isatty())
-    results = score_pairs(predictions.pairs, contest, args.workers, crops=bool(args.html), progress=bar.update)
+    results = score_pairs(predictions.pairs, contest, args.workers, crops=bool(args.html), progress=bar.update,
+                          inputs=inputs)  # fmt: skip
     bar.close()
     summary = totals(results, contest)
+    levels = by_level(results, contest.metric.psnr_cap) if inputs else []
 
     entries = []
     if args.name or args.html:
@@ -144,12 +168,16 @@ def main(argv=None) -> int:
         title = f"{args.name or Path(args.pred).name} on {contest.name}"
         from rawdenoise.report import write_html
 
-        write_html(args.html, title, contest, results, summary, entries, args.name)
+        write_html(args.html, title, contest, results, summary, entries, args.name, levels)
 
     if args.json:
-        print(json.dumps(as_json(results, summary)))
+        document = as_json(results, summary)
+        if levels:
+            document["levels"] = levels_as_json(levels)
+        print(json.dumps(document))
         return 0
     print_table(results, summary, sys.stdout)
+    print_levels(levels, sys.stdout)
     if args.name:
         print_leaderboard(entries, args.name, sys.stdout)
     for label, path in (("csv", args.csv), ("report", args.html)):
