@@ -222,7 +222,7 @@ stage_predict() {
         "--input $scoring/$noisy_folder --output runs/bm3d$(runs_suffix)/result/data --contest $CONTEST"
     fi
   fi
-  stamp="predict $RECIPE $CONTEST $(hash_tree "$(data_dir)/$noisy_folder" ${scoring:+"$scoring"}) $(hash_files "$run/model.pth" submission/predict.py rawdenoise/tiling.py)"
+  stamp="predict $RECIPE $CONTEST $(hash_tree "$(data_dir)/$noisy_folder" ${scoring:+"$scoring"}) $(hash_files "$run/model.pth" submission/predict.py rawdenoise/*.py rawdenoise/models/*.py)"
   if stamp_matches "$run/.predict.done" "$stamp"; then
     echo "predictions up to date in $run/result/data"
     return
@@ -272,6 +272,15 @@ stage_score() {
   else
     score_entry "$RECIPE" "$run" "$run/localtest/data" "$scoring/$gt_folder"
   fi
+  versus_bm3d "$run/scores.csv" "runs/bm3d$suffix/scores.csv"
+}
+
+versus_bm3d() {  # MODEL_CSV BM3D_CSV: the model's mean row against the strongest classical entry's
+  [[ -f "$1" && -f "$2" ]] || return 0
+  awk -F, -v name="$RECIPE" 'FNR == 1 { f++ } $1 == "mean" { psnr[f] = $2; score[f] = $4 }
+    END { d = score[1] - score[2]
+          printf "%s against BM3D: %+.2f points, %+.3f dB mean PSNR (%s)\n", name, d, psnr[1] - psnr[2],
+                 d >= 0 ? "ahead of it" : "trailing it" }' "$1" "$2"
 }
 
 current=""

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.machine import cpu_description  # noqa: E402
 from rawdenoise.contest import load_contest  # noqa: E402
 from rawdenoise.demo import DEFAULT_SIZE, bundled_photos, collage  # noqa: E402
 from rawdenoise.noise import NoiseLevel, mosaic_from_rgb, quantise, random_camera, unprocess  # noqa: E402
@@ -40,23 +40,6 @@ from rawdenoise.raw import RawFrame, denormalise, normalise, pack  # noqa: E402
 GAINS = (1.0, 1.0, 0.5, 0.15, 0.05)  # exposure gains; the last two make mostly-dark frames
 DARK_GAIN = 0.15
 PHOTO_NOISE_SHARE = 0.1
-
-
-def cpu_description() -> str:
-    """The CPU model and whether it has BF16 (AVX-512) and AMX instructions, from /proc/cpuinfo."""
-    model, flags = platform.processor() or "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model in ("unknown CPU", platform.processor()):
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    bf16 = "yes" if "avx512_bf16" in flags else "no"
-    amx = ", ".join(sorted(f for f in flags if f.startswith("amx"))) or "no"
-    return f"{model}; BF16 (avx512_bf16): {bf16}; AMX: {amx}"
 
 
 @dataclass(eq=False)  # compared by identity

@@ -27,14 +27,15 @@ def demo(tmp_path_factory):
     return make_demo_dataset(tmp_path_factory.mktemp("d") / "demo", ZTE, size=(128, 192), progress=False)
 
 
-def make_run(path: Path, head_std: float = 0.0) -> Path:
+def make_run(path: Path, head_std: float = 0.0, noise: str = "none") -> Path:
     """A finished run folder: config.toml and model.pth (the identity when head_std is 0)."""
     torch.manual_seed(0)
-    model = build_model("unet", **ARGS)
+    args = {**ARGS, "noise": noise} if noise != "none" else ARGS
+    model = build_model("unet", **args)
     if head_std:
         torch.nn.init.normal_(model.head.weight, std=head_std)
     path.mkdir(parents=True)
-    write_toml(path / "config.toml", {"model": {"name": "unet", "args": ARGS}, "data": {"crop": 32},
+    write_toml(path / "config.toml", {"model": {"name": "unet", "args": args}, "data": {"crop": 32},
                                       "train": {"iterations": 1, "batch": 1, "lr": 1e-3, "seed": 0}})  # fmt: skip
     torch.save(model.state_dict(), path / "model.pth")
     return path
@@ -70,6 +71,26 @@ def test_predict_with_a_real_model_stays_in_range_and_tiles_match_whole_frames(d
                 "--tile", "0").returncode == 0  # fmt: skip
     c = read(plain / "denoise0.dng", ZTE).mosaic
     assert np.mean(a == c) >= 0.9999  # tiled and whole-frame outputs agree after rounding
+
+
+def test_a_conditioned_model_is_told_each_frames_tag_else_its_estimate(demo, tmp_path):
+    run = make_run(tmp_path / "map", head_std=0.05, noise="map")
+    frame = read(demo / "testset" / "noisy0.dng", ZTE)
+    tag = ",".join(str(v) for v in frame.noise_profile[:2])
+    outputs = {}
+    for label, noise in (("auto", "auto"), ("tag", tag), ("estimate", "estimate"), ("heavy", "0.05,0.005")):
+        out = tmp_path / label
+        result = tool("submission/predict.py", "--run", str(run), "--input", str(demo / "testset"), "--output", str(out),
+                      "--tile", "0", "--noise", noise)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        outputs[label] = read(out / "denoise0.dng", ZTE).mosaic.astype(np.int64)
+    assert np.array_equal(outputs["auto"], outputs["tag"])  # the frame's own tag, as given by hand
+    assert not np.array_equal(outputs["auto"], outputs["heavy"])
+    # the estimate is near the tag, so the output is near the tagged one, nearer than a 25x heavier level's
+    assert 0 < np.abs(outputs["estimate"] - outputs["auto"]).mean() < np.abs(outputs["heavy"] - outputs["auto"]).mean()
+    bad = tool("submission/predict.py", "--run", str(run), "--input", str(demo / "testset"), "--output",
+               str(tmp_path / "bad"), "--noise", "-1,0")  # fmt: skip
+    assert bad.returncode == 2 and "--noise" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_predict_refuses_what_it_cannot_do_before_computing(demo, tmp_path):

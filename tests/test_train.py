@@ -62,7 +62,7 @@ def test_a_run_writes_its_folder_and_exports_loadable_ema_weights(store, tmp_pat
     assert any((run / "tb").iterdir())
     state = weights(run / "model.pth")
     assert all(v.dtype == torch.float32 for v in state.values())
-    model = build_model("unet", widths=[8, 16, 32])
+    model = build_model("unet", widths=[8, 16, 32], noise="map")
     model.load_state_dict(state)  # a plain state_dict of the recipe's model
     best = weights(run / "best.pt", "ema")
     assert_same(state, best, atol=0)  # model.pth is the EMA of the best validation step
@@ -200,3 +200,20 @@ def test_overwrite_killed_before_its_first_checkpoint_leaves_nothing_of_the_old_
     assert not any((run / name).exists() for name in ("last.pt", "best.pt", "model.pth", "log.csv"))
     resumed = train(store, run, "--resume")
     assert resumed.returncode == 2 and "nothing to resume" in resumed.stderr
+
+
+def test_the_level_weighted_loss_weighs_every_noise_level_alike():
+    from train.train import level_weighted_l1
+
+    target = torch.full((2, 4, 8, 8), 0.25)
+    error = torch.full((2, 4, 8, 8), 0.01)
+    same = torch.tensor([[1e-3, 1e-5], [1e-3, 1e-5]])
+    # one level for the whole batch: plain L1
+    assert level_weighted_l1(target + error, target, same) == pytest.approx(0.01, rel=1e-6)
+    light_heavy = torch.tensor([[1e-4, 1e-6], [1e-2, 1e-3]])
+    light_wrong = torch.stack([target[0] + error[0], target[1]])
+    heavy_wrong = torch.stack([target[0], target[1] + error[1]])
+    # the same error costs more on the light sample, by the ratio of the two noise stds
+    sigma = torch.sqrt(light_heavy[:, 0] * 0.25 + light_heavy[:, 1])
+    ratio = level_weighted_l1(light_wrong, target, light_heavy) / level_weighted_l1(heavy_wrong, target, light_heavy)
+    assert ratio == pytest.approx(float(sigma[1] / sigma[0]), rel=1e-5)
