@@ -1,6 +1,6 @@
 """Raw frames: read a Bayer DNG, pack its mosaic into 4 channels, normalise, and write DNGs back.
 
-Conventions (ARCHITECTURE.md): a packed frame is `(4, H/2, W/2)` in the canonical order R, Gr, Gb, B
+Conventions (docs/ARCHITECTURE.md): a packed frame is `(4, H/2, W/2)` in the canonical order R, Gr, Gb, B
 whatever the CFA (Gr shares a row with R, Gb with B), so channel k always means the same colour;
 normalised values are `(dn - black) / (white - black)`; going back rounds and clips to [black, white].
 """

@@ -2,7 +2,7 @@
 
 Predictions come from a submission zip (read in memory, never extracted), a run folder holding
 result.zip, or a plain folder of DNGs (the submission's output names, or the test inputs themselves
-for the "do nothing" entry). Frames are scored in worker processes, one pair in memory per worker.
+for the "do nothing" entry). Reader threads load pairs ahead while the metric kernels measure.
 """
 
 from __future__ import annotations
