@@ -123,7 +123,9 @@ hash_tree() { find "$@" -type f -printf '%P %s %T@\n' 2>/dev/null | sort | sha25
 score_entry() {  # NAME FOLDER PRED_DIR GT_DIR: score one entry onto the leaderboard, its report in FOLDER
   local name="$1" out="$2" pred="$3" gt="$4"
   local stamp
-  stamp="score $name $pred $gt $CONTEST $(hash_tree "$pred" "$gt") $(hash_files tools/score.py rawdenoise/metrics.py rawdenoise/scoring.py)"
+  local inputs
+  inputs="$(dirname "$gt")"  # the test inputs and noise.csv beside the ground truth: the per-level table reads them
+  stamp="score $name $pred $gt $CONTEST $(hash_tree "$pred" "$gt") $(hash_tree "$inputs" -maxdepth 2) $(hash_files tools/score.py rawdenoise/*.py)"
   if stamp_matches "$out/.score.done" "$stamp" && [[ -f runs/leaderboard.sqlite ]]; then
     echo "$name: score up to date ($out/scores.csv)"
     return

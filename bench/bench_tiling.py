@@ -24,14 +24,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rawdenoise.contest import load_contest  # noqa: E402
-from rawdenoise.models import build_model  # noqa: E402
+from rawdenoise.models import PROBE_NOISE, build_model  # noqa: E402
 from rawdenoise.tiling import infer, margin_for  # noqa: E402
 
 
 def model_for(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     model = build_model(name)
-    torch.nn.init.normal_(model.head.weight if hasattr(model.head, "weight") else model.head, std=0.01)
+    last = model.ending if hasattr(model, "ending") else model.head  # NAFNet's last layer is "ending"
+    torch.nn.init.normal_(last.weight, std=0.01)
     return model.eval()
 
 
@@ -42,7 +43,7 @@ def child(args) -> None:
     margin_for(model)  # measured once per model, as predict does; not part of the frame's time
     frame = np.random.default_rng(0).random((4, contest.height // 2, contest.width // 2), dtype=np.float32) * 0.5
     start = time.perf_counter()
-    infer(model, frame, tile=None if args.child == "whole" else int(args.child), margin=args.margin)
+    infer(model, frame, tile=None if args.child == "whole" else int(args.child), margin=args.margin, noise=PROBE_NOISE)
     seconds = time.perf_counter() - start
     print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
@@ -52,7 +53,7 @@ def flops_per_pixel(model: torch.nn.Module) -> float:
 
     x = torch.rand(1, 4, 256, 256)
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        model(x)
+        model(x, torch.tensor([PROBE_NOISE]))
     return counter.get_total_flops() / (256 * 256)
 
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from rawdenoise.contest import load_contest  # noqa: E402
 from rawdenoise.demo import make_demo_dataset  # noqa: E402
-from rawdenoise.models import build_model  # noqa: E402
+from rawdenoise.models import PROBE_NOISE, build_model  # noqa: E402
 from rawdenoise.raw import read  # noqa: E402
 from train.config import load_recipe  # noqa: E402
 from train.dataset import PatchSamples, StepSampler  # noqa: E402
@@ -54,10 +54,11 @@ def bare_loop(recipe: dict, steps: int, warm: int) -> float:
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4)
     crop, batch = recipe["data"]["crop"], recipe["train"]["batch"]
     x, y = torch.rand(batch, 4, crop, crop), torch.rand(batch, 4, crop, crop)
+    noise = torch.tensor([PROBE_NOISE]).expand(batch, 2)  # each sample's (a, b), as the loop feeds it
     for step in range(steps):
         if step == warm:
             start = time.perf_counter()
-        loss = torch.nn.functional.l1_loss(model(x), y)
+        loss = torch.nn.functional.l1_loss(model(x, noise), y)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

@@ -320,8 +320,12 @@ def fit_pair_profile(noisy, clean, *, rounding: float = 0.0) -> tuple[float, flo
     `rounding` is the DN rounding's variance in normalised units.
     """
     noisy, clean = np.asarray(noisy, dtype=np.float64).ravel(), np.asarray(clean, dtype=np.float64).ravel()
-    if noisy.shape != clean.shape or noisy.size < 2 * PAIR_LEVEL_SETS:
-        raise ValueError(f"a pair needs two frames of one shape and at least {2 * PAIR_LEVEL_SETS} pixels")
+    if noisy.shape != clean.shape:
+        raise ValueError(f"a pair needs two frames of one shape, got {noisy.shape} and {clean.shape}")
+    inside = (clean > 0) & (clean < 1)  # a crushed black or a saturated highlight is not the model's clip
+    noisy, clean = noisy[inside], clean[inside]
+    if noisy.size < 2 * PAIR_LEVEL_SETS:
+        raise ValueError(f"a pair needs at least {2 * PAIR_LEVEL_SETS} pixels between black and white")
     order = np.argsort(clean, kind="stable")
     sets = np.array_split(order, PAIR_LEVEL_SETS)
     level = np.array([clean[s].mean() for s in sets])
@@ -345,18 +349,35 @@ def fit_pair_profile(noisy, clean, *, rounding: float = 0.0) -> tuple[float, flo
     return float(result.x[0] ** 2), float(result.x[1] ** 2)
 
 
+def tag_profile(frame) -> tuple[float, float] | None:
+    """(a, b) from a frame's DNG NoiseProfile tag (S, O per the DNG specification: variance S*x + O), or
+    None without a usable one. A tag with one (S, O) pair per colour plane gives their mean."""
+    tag = frame.noise_profile
+    if not tag or len(tag) < 2 or len(tag) % 2:
+        return None
+    a, b = float(np.mean(tag[0::2])), float(np.mean(tag[1::2]))
+    if not (np.isfinite(a) and np.isfinite(b) and a >= 0 and b >= 0 and a + b > 0):
+        return None
+    return a, b
+
+
 def frame_noise_profile(frame, source="auto") -> tuple[float, float]:
-    """A frame's (a, b), where the project takes it from: its DNG NoiseProfile tag (S, O per the DNG
-    specification: variance S*x + O), else the estimate from the frame itself. `source` "estimate"
-    skips the tag; an (a, b) pair is returned as given (a command line's --noise A,B)."""
+    """A frame's (a, b), where the project takes it from: its DNG NoiseProfile tag, else the estimate
+    from the frame itself. `source` "estimate" skips the tag; an (a, b) pair is returned as given (a
+    command line's --noise A,B)."""
     if not isinstance(source, str):
         return float(source[0]), float(source[1])
     if source not in ("auto", "estimate"):
         raise ValueError(f"noise source must be auto, estimate or (a, b), got {source!r}")
-    profile = frame.noise_profile
-    if source == "auto" and profile and len(profile) >= 2 and profile[0] >= 0 and profile[1] >= 0 and profile[0] + profile[1] > 0:
-        return float(profile[0]), float(profile[1])
+    tagged = tag_profile(frame) if source == "auto" else None
+    if tagged is not None:
+        return tagged
     try:
-        return estimate_noise_profile(frame)
+        a, b = estimate_noise_profile(frame)
     except ValueError as err:
-        raise InputError(f"{frame.path}: cannot estimate its noise profile ({err}); give it as --noise A,B") from None
+        raise InputError(f"{frame.path}: cannot estimate its noise profile ({err}); give the frame a NoiseProfile tag "
+                         "or, where the command takes it, --noise A,B") from None  # fmt: skip
+    if a + b <= 0:
+        raise InputError(f"{frame.path}: no measurable noise in the frame (no flat region below saturation); give "
+                         "the frame a NoiseProfile tag or, where the command takes it, --noise A,B")  # fmt: skip
+    return a, b

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rawdenoise.errors import InputError
+from rawdenoise.noise_estimate import tag_profile
 
 NOISE_CSV = "noise.csv"  # at the data folder's root, beside the test folders
 
@@ -38,7 +39,7 @@ class LevelRow:
 
 def listed_levels(gt_dir: str | Path) -> dict[Path, Level]:
     """Ground-truth file (resolved) -> its level, from noise.csv at the ground-truth folder's data root."""
-    root = Path(gt_dir).resolve().parent
+    root = Path(gt_dir).absolute().parent  # the data root as given: a linked GT folder keeps its noise.csv
     path = root / NOISE_CSV
     if not path.is_file():
         return {}
@@ -59,10 +60,8 @@ def listed_levels(gt_dir: str | Path) -> dict[Path, Level]:
 
 def tagged_level(frame) -> Level | None:
     """A noisy frame's level from its NoiseProfile tag, if it has a usable one."""
-    tag = frame.noise_profile
-    if tag and len(tag) >= 2 and tag[0] >= 0 and tag[1] >= 0 and tag[0] + tag[1] > 0:
-        return Level(format_profile(tag[0], tag[1]), float(tag[0]), float(tag[1]))
-    return None
+    tagged = tag_profile(frame)
+    return None if tagged is None else Level(format_profile(*tagged), *tagged)
 
 
 def format_profile(a: float, b: float) -> str:

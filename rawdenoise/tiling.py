@@ -21,7 +21,11 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from rawdenoise.models import PROBE_NOISE
+from rawdenoise.models import PROBE_NOISE, is_noise_conditioned
+
+# A conditioned model's reach may differ with the level it is told (k-sigma scales its input by k/a):
+# it is probed at the middle and at both ends of every contest's range, heavier test noise included.
+PROBE_LEVELS = (PROBE_NOISE, (1e-4, 1e-6), (5e-2, 5e-3))
 
 # A tile must match whole-frame output within 1e-5. The probe that measures the receptive field moves
 # one input pixel by 4 (four times full scale) and counts an output pixel as reached when it moves by
@@ -44,7 +48,8 @@ def _run(model, batch: torch.Tensor, noise) -> torch.Tensor:
 def receptive_radius(model: torch.nn.Module, tolerance: float = TOLERANCE) -> int:
     """How far (in packed pixels) a change of input reaches the output, measured on the model's own
     weights: a strong impulse at several positions of the pooling grid, on a random frame, the
-    largest distance at which any output moves by more than `tolerance`. Cached on the model."""
+    largest distance at which any output moves by more than `tolerance` (at several noise levels for
+    a noise-conditioned model). Cached on the model."""
     cached = getattr(model, "_receptive_radius", None)
     if cached is not None and cached[0] == tolerance:
         return cached[1]
@@ -52,20 +57,22 @@ def receptive_radius(model: torch.nn.Module, tolerance: float = TOLERANCE) -> in
     m = _alignment(model)
     size = max(8 * m, 96)
     generator = torch.Generator().manual_seed(0)
+    levels = PROBE_LEVELS if is_noise_conditioned(model) else (None,)
     with torch.inference_mode():
         while True:
             x = torch.rand(1, 4, size, size, generator=generator).to(device=device, dtype=next(model.parameters()).dtype)
-            base = _run(model, x, PROBE_NOISE)
             radius = 0
             centre = size // 2 - size // 2 % m
-            for offset in sorted({0, 1, m // 2, m - 1}):
-                c = centre + offset
-                poked = x.clone()
-                poked[..., c, c] += 4.0
-                moved = (_run(model, poked, PROBE_NOISE) - base).abs().amax(dim=(0, 1)) > tolerance
-                ys, xs = torch.nonzero(moved, as_tuple=True)
-                if len(ys):
-                    radius = max(radius, int((ys - c).abs().max()), int((xs - c).abs().max()))
+            for level in levels:
+                base = _run(model, x, level)
+                for offset in sorted({0, 1, m // 2, m - 1}):
+                    c = centre + offset
+                    poked = x.clone()
+                    poked[..., c, c] += 4.0
+                    moved = (_run(model, poked, level) - base).abs().amax(dim=(0, 1)) > tolerance
+                    ys, xs = torch.nonzero(moved, as_tuple=True)
+                    if len(ys):
+                        radius = max(radius, int((ys - c).abs().max()), int((xs - c).abs().max()))
             if radius < size // 2 - m - 1 or size >= 2048:
                 break
             size *= 2  # the influence reached the probe's edge: measure on a larger frame

@@ -86,6 +86,15 @@ def readme_text(run: Path, recipe: dict, params: int, weights_bytes: int, contes
         "Load with `from network import build_network; model = build_network();`",
         "`model.load_state_dict(torch.load('model.pth'))`.",
     ]
+    noise = model.get("args", {}).get("noise", "none")
+    if noise != "none":
+        lines += [
+            "",
+            f"The network is told each frame's noise profile ({noise} conditioning): call `model(x, noise)` with `noise`",
+            "a (batch, 2) tensor of (a, b), the noise variance a*x + b on normalised x, taken from the frame's DNG",
+            "NoiseProfile tag or, without one, estimated from the noisy frame itself (the toolkit that made this",
+            "submission does it with rawdenoise.noise_estimate.frame_noise_profile; the estimate is not part of network.py).",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -203,17 +203,21 @@ def test_overwrite_killed_before_its_first_checkpoint_leaves_nothing_of_the_old_
 
 
 def test_the_level_weighted_loss_weighs_every_noise_level_alike():
-    from train.train import level_weighted_l1
+    from train.train import LEVEL_REFERENCE_STD, level_weighted_l1
 
     target = torch.full((2, 4, 8, 8), 0.25)
     error = torch.full((2, 4, 8, 8), 0.01)
-    same = torch.tensor([[1e-3, 1e-5], [1e-3, 1e-5]])
-    # one level for the whole batch: plain L1
-    assert level_weighted_l1(target + error, target, same) == pytest.approx(0.01, rel=1e-6)
     light_heavy = torch.tensor([[1e-4, 1e-6], [1e-2, 1e-3]])
+    sigma = torch.sqrt(light_heavy[:, 0] * 0.25 + light_heavy[:, 1])
+    # an error of one noise std costs the reference std at every level
+    assert level_weighted_l1(target + sigma[:, None, None, None], target, light_heavy) == pytest.approx(LEVEL_REFERENCE_STD)
     light_wrong = torch.stack([target[0] + error[0], target[1]])
     heavy_wrong = torch.stack([target[0], target[1] + error[1]])
     # the same error costs more on the light sample, by the ratio of the two noise stds
-    sigma = torch.sqrt(light_heavy[:, 0] * 0.25 + light_heavy[:, 1])
     ratio = level_weighted_l1(light_wrong, target, light_heavy) / level_weighted_l1(heavy_wrong, target, light_heavy)
     assert ratio == pytest.approx(float(sigma[1] / sigma[0]), rel=1e-5)
+    # a sample's loss does not depend on the rest of its batch (torchrun splits batches)
+    whole = level_weighted_l1(light_wrong, target, light_heavy)
+    halves = (level_weighted_l1(light_wrong[:1], target[:1], light_heavy[:1])
+              + level_weighted_l1(light_wrong[1:], target[1:], light_heavy[1:])) / 2  # fmt: skip
+    assert whole == pytest.approx(float(halves), rel=1e-6)

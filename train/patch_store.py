@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from rawdenoise.errors import InputError
 from rawdenoise.files import atomic_path
-from rawdenoise.noise_estimate import fit_pair_profile
+from rawdenoise.noise_estimate import fit_pair_profile, tag_profile
 from rawdenoise.raw import pack, read
 from rawdenoise.tiff import locate_raw
 
@@ -97,8 +97,8 @@ def _listed_profiles(data: Path) -> dict[str, tuple[float, float]]:
                 a, b = float(row["a"]), float(row["b"])
             except (KeyError, TypeError, ValueError):
                 raise InputError(f"{path}: line {line} has no numeric a and b columns") from None
-            if not (a >= 0 and b >= 0 and np.isfinite(a + b)):
-                raise InputError(f"{path}: line {line}: a and b must be finite and at least 0, got {a}, {b}")
+            if not (a >= 0 and b >= 0 and a + b > 0 and np.isfinite(a + b)):
+                raise InputError(f"{path}: line {line}: a and b must be finite, at least 0 and not both 0, got {a}, {b}")
             if row.get("noisy"):
                 listed[str(Path(row["noisy"]))] = (a, b)
     return listed
@@ -108,11 +108,14 @@ def pair_profile(noisy, gt, listed: dict, relative: str, scale: np.ndarray) -> t
     """A training pair's (a, b) and its source: noise.csv, the NoiseProfile tag, or a fit to the pair."""
     if relative in listed:
         return (*listed[relative], "noise.csv")
-    tag = noisy.noise_profile
-    if tag and len(tag) >= 2 and tag[0] >= 0 and tag[1] >= 0 and tag[0] + tag[1] > 0:
-        return float(tag[0]), float(tag[1]), "tag"
+    tagged = tag_profile(noisy)
+    if tagged is not None:
+        return (*tagged, "tag")
     rounding = float(np.mean(1.0 / (12.0 * scale**2)))
-    a, b = fit_pair_profile(noisy.packed(), gt.packed(), rounding=rounding)
+    try:
+        a, b = fit_pair_profile(noisy.packed(), gt.packed(), rounding=rounding)
+    except ValueError as err:
+        raise InputError(f"{noisy.path}: cannot fit the pair's noise profile ({err}); list it in {NOISE_CSV}") from None
     return a, b, "pair fit"
 
 
@@ -128,8 +131,10 @@ def make_patch_store(data: str | Path, out: str | Path, contest, options: PatchO
     if not noisy_files:
         raise InputError(f"{data}: no training pairs named like {contest.layout.train_noisy.pattern}")
     indices = list(noisy_files)
+    listing = data / NOISE_CSV
     key = {
         "format": FORMAT,
+        "noise_csv": hashlib.sha256(listing.read_bytes()).hexdigest()[:16] if listing.is_file() else None,
         "contest": contest.name,
         "data": str(data.resolve()),
         "options": options.__dict__,

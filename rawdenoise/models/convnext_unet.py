@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 
 KSIGMA_ANCHOR = 1e-3  # the shot-noise gain every level is mapped to by the k-sigma transform
+KSIGMA_FLOOR = 0.03  # a is taken as at least this times the read noise std sqrt(b) (and 1e-6)
 
 
 class NoiseConditioning(nn.Module):
@@ -42,11 +43,14 @@ class NoiseConditioning(nn.Module):
             return x, 1.0
         if noise is None:
             raise ValueError(f"this model is noise-conditioned ({self.mode}): call it as model(x, noise) with each sample's (a, b)")
-        noise = noise.to(x.dtype).reshape(-1, 2, 1, 1)
+        noise = noise.to(device=x.device, dtype=x.dtype).reshape(-1, 2, 1, 1)
         a, b = noise[:, :1].clamp(min=0), noise[:, 1:].clamp(min=0)
         if self.mode == "map":
             return torch.cat([x, torch.sqrt(a * x.clamp(min=0) + b + 1e-12)], dim=1), 1.0
-        a = a.clamp(min=1e-8)
+        # Where shot noise vanishes (a -> 0) the transform's scale k/a and offset k*b/a**2 explode; a floor
+        # of KSIGMA_FLOOR * sqrt(b) keeps the offset below k / KSIGMA_FLOOR**2 (about 1) and
+        # leaves every level of a real sensor's range alone.
+        a = torch.maximum(a, torch.clamp(KSIGMA_FLOOR * torch.sqrt(b), min=1e-6))
         return x * (KSIGMA_ANCHOR / a) + KSIGMA_ANCHOR * b / (a * a), a / KSIGMA_ANCHOR
 
 
