@@ -55,6 +55,17 @@ def test_a_conditioned_model_uses_each_samples_noise_and_a_blind_one_ignores_it(
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_ksigma_stays_bounded_where_shot_noise_vanishes(name):
+    """a -> 0 would scale the input by k/a and offset it by k*b/a**2: the floor keeps it a sensor's level."""
+    model = trained_like(name, noise="ksigma")
+    x = torch.rand(1, 4, 24, 32) * 0.5
+    with torch.no_grad():
+        for level in ([0.0, 1e-3], [0.0, 1e-6], [0.0, 0.0]):
+            residual = model(x, torch.tensor([level])) - x
+            assert torch.isfinite(residual).all() and residual.abs().max() < 0.5, level
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_ksigma_maps_every_level_onto_one(name):
     """The k-sigma transform t = x*k/a + k*b/a**2 is what the network sees: two frames at two levels
     with the same t get the same network output, scaled back by each level's a/k."""
