@@ -282,7 +282,7 @@ versus_bm3d() {  # MODEL_CSV BM3D_CSV: the model's mean row against the stronges
   awk -F, -v name="$RECIPE" 'FNR == 1 { f++ } $1 == "mean" { psnr[f] = $2; score[f] = $4 }
     END { d = score[1] - score[2]
           printf "%s against BM3D: %+.2f points, %+.3f dB mean PSNR (%s)\n", name, d, psnr[1] - psnr[2],
-                 d >= 0 ? "ahead of it" : "trailing it" }' "$1" "$2"
+                 (d >= 0 ? "ahead of it" : "trailing it") }' "$1" "$2"
 }
 
 current=""
