@@ -240,7 +240,9 @@ def main(argv=None) -> int:
     # --- model, optimiser, schedule, EMA ---------------------------------------------------------
     torch.manual_seed(cfg["seed"])
     dtype = getattr(torch, cfg["dtype"])
-    model = build_model(cfg_model["name"], **cfg_model["args"]).to(device=device, dtype=dtype)
+    # channels-last, as inference runs: PyTorch's CPU convolutions are about a fifth faster on it
+    # (measured on the demo's U-Net, forward and backward), and it changes no result beyond rounding
+    model = build_model(cfg_model["name"], **cfg_model["args"]).to(device=device, dtype=dtype, memory_format=torch.channels_last)
     if args.init:
         load_weights(model, args.init, device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
@@ -310,7 +312,8 @@ def main(argv=None) -> int:
         for noisy, gt, noise in loader:
             if args.stop_after is not None and step >= args.stop_after:
                 break
-            noisy, gt = noisy.to(device, dtype, non_blocking=True), gt.to(device, dtype, non_blocking=True)
+            noisy = noisy.to(device, dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            gt = gt.to(device, dtype, non_blocking=True)
             noise = noise.to(device, dtype, non_blocking=True)
             with amp:
                 loss = criterion(net(noisy, noise).to(dtype), gt, noise)
@@ -369,7 +372,7 @@ def main(argv=None) -> int:
         final = torch.load(run / "best.pt", map_location="cpu", weights_only=True)["ema"] if (run / "best.pt").exists() \
             else ema.state_dict()
         with atomic_path(run / "model.pth") as tmp:
-            torch.save({k: v.float().cpu() for k, v in final.items()}, tmp)
+            torch.save({k: v.float().cpu().contiguous() for k, v in final.items()}, tmp)
         log.close()
         writer.close()
         plot_curves(run / "log.csv", run / "curves.png")
