@@ -47,6 +47,13 @@ def test_tiles_equal_whole_frame_inference_on_odd_frames(name, noise, level, til
     assert np.mean(np.rint(tiled * scale) == np.rint(whole * scale)) >= 0.9999
 
 
+def test_a_frame_within_one_tile_is_run_whole_without_the_seconds_of_probing_its_margin():
+    model = trained_like("unet", "ksigma")
+    x = np.random.default_rng(3).random((4, 40, 57)).astype(np.float32) * 0.6
+    assert np.array_equal(infer(model, x, tile=64, noise=(1e-3, 1e-5)), infer(model, x, noise=(1e-3, 1e-5)))
+    assert getattr(model, "_receptive_radius", None) is None  # the probe never ran
+
+
 def test_the_margin_is_measured_from_the_model():
     identity = build_model("unet", **MODELS["unet"])  # zero head: the output is the input itself
     assert receptive_radius(identity) == 0
