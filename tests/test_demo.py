@@ -69,6 +69,16 @@ def test_test_frames_come_from_photographs_never_used_in_training(zte_demo):
     assert test and train and not train & test
 
 
+def test_a_greyscale_photograph_trains_as_a_neutral_scene(zte_demo):
+    """Its raw channels differ only by the synthetic camera's white-balance gains, as a grey scene's do."""
+    contest = load_contest("zte2022")
+    rows = [r for r in read_noise_csv(zte_demo) if r["source"].startswith("brick@")]
+    assert rows and all(r["split"] == "train" for r in rows)
+    red, green_r, green_b, blue = read(zte_demo / rows[0]["gt"], contest).packed().mean(axis=(1, 2))
+    assert red / green_r == pytest.approx(1 / float(rows[0]["red_gain"]), rel=0.03)
+    assert blue / green_b == pytest.approx(1 / float(rows[0]["blue_gain"]), rel=0.03)
+
+
 def test_the_same_seed_gives_the_same_bytes_and_another_seed_does_not(zte_demo, tmp_path):
     contest = load_contest("zte2022")
     again = make_demo_dataset(tmp_path / "again", contest, size=SMALL, seed=3, progress=False)
