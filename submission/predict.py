@@ -3,7 +3,7 @@ its own DNG container (every byte but the pixels kept), values rounded and clipp
 A noise-conditioned model is told each frame's noise profile: its NoiseProfile tag, else the estimate
 from the frame itself (--noise estimate always estimates; --noise A,B sets one for every frame).
 
-    python submission/predict.py --run runs/demo --input work/demo/testset [--tile 512] [--tta] [--noise auto]
+    python submission/predict.py --run runs/demo --input work/demo/testset [--tile 512] [--tta | --no-tta] [--noise auto]
     python submission/predict.py --weights W --model unet --model-args '{"widths": [16, 32, 64, 128]}' \\
         --input DIR --output DIR
 """
@@ -64,12 +64,17 @@ def denoise(model: torch.nn.Module, packed: np.ndarray, tile: int | None, tta: b
     return (total / 8).astype(np.float32)
 
 
+def run_recipe(run: Path) -> dict:
+    """The resolved recipe a run folder was trained from (its config.toml)."""
+    config_path = run / "config.toml"
+    if not config_path.is_file():
+        raise InputError(f"{run}: not a run folder (no config.toml)")
+    return tomllib.loads(config_path.read_text())
+
+
 def load_model(run: Path | None, weights: Path | None, name: str | None, model_args: str | None, device):
     if run is not None:
-        config_path = run / "config.toml"
-        if not config_path.is_file():
-            raise InputError(f"{run}: not a run folder (no config.toml)")
-        recipe = tomllib.loads(config_path.read_text())
+        recipe = run_recipe(run)
         name, kwargs = recipe["model"]["name"], recipe["model"].get("args", {})
         weights = weights or run / "model.pth"
     else:
@@ -122,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", help="folder for denoise{i}.dng (default: RUN/result/data)")
     parser.add_argument("--tile", type=int, default=DEFAULT_TILE,
                         help="tile side in packed pixels; 0 runs whole frames (default: %(default)s)")  # fmt: skip
-    parser.add_argument("--tta", action="store_true", help="average the 8 Bayer-preserving flips/transposes")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction,
+                        help="average the 8 Bayer-preserving flips/transposes, 8x the model's time "
+                             "(default: the run's recipe's [predict] tta, else off)")  # fmt: skip
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     cli.add_noise_argument(parser)
@@ -152,9 +159,11 @@ def main(argv=None) -> int:
     if args.tile < 0:
         raise InputError(f"--tile must be 0 (whole frames) or positive, got {args.tile}")
     start = time.perf_counter()
-    written = predict_folder(model, Path(args.input), output, contest, args.tile or None, args.tta, not args.quiet,
+    tta = args.tta if args.tta is not None else bool(run and run_recipe(run).get("predict", {}).get("tta", False))
+    written = predict_folder(model, Path(args.input), output, contest, args.tile or None, tta, not args.quiet,
                              args.noise)  # fmt: skip
-    print(f"wrote {len(written)} predictions to {output} in {time.perf_counter() - start:.1f} s")
+    print(f"wrote {len(written)} predictions{' (test-time augmentation)' if tta else ''} to {output} "
+          f"in {time.perf_counter() - start:.1f} s")
     return 0
 
 

@@ -27,16 +27,20 @@ def demo(tmp_path_factory):
     return make_demo_dataset(tmp_path_factory.mktemp("d") / "demo", ZTE, size=(128, 192), progress=False)
 
 
-def make_run(path: Path, head_std: float = 0.0, noise: str = "none") -> Path:
-    """A finished run folder: config.toml and model.pth (the identity when head_std is 0)."""
+def make_run(path: Path, head_std: float = 0.0, noise: str = "none", tta: bool | None = None) -> Path:
+    """A finished run folder: config.toml and model.pth (the identity when head_std is 0); `tta` sets
+    the recipe's [predict] tta (None: a recipe from before that section, without it)."""
     torch.manual_seed(0)
     args = {**ARGS, "noise": noise} if noise != "none" else ARGS
     model = build_model("unet", **args)
     if head_std:
         torch.nn.init.normal_(model.head.weight, std=head_std)
     path.mkdir(parents=True)
-    write_toml(path / "config.toml", {"model": {"name": "unet", "args": args}, "data": {"crop": 32},
-                                      "train": {"iterations": 1, "batch": 1, "lr": 1e-3, "seed": 0}})  # fmt: skip
+    recipe = {"model": {"name": "unet", "args": args}, "data": {"crop": 32},
+              "train": {"iterations": 1, "batch": 1, "lr": 1e-3, "seed": 0}}  # fmt: skip
+    if tta is not None:
+        recipe["predict"] = {"tta": tta}
+    write_toml(path / "config.toml", recipe)
     torch.save(model.state_dict(), path / "model.pth")
     return path
 
@@ -71,6 +75,21 @@ def test_predict_with_a_real_model_stays_in_range_and_tiles_match_whole_frames(d
                 "--tile", "0").returncode == 0  # fmt: skip
     c = read(plain / "denoise0.dng", ZTE).mosaic
     assert np.mean(a == c) >= 0.9999  # tiled and whole-frame outputs agree after rounding
+
+
+def test_predict_augments_as_the_runs_recipe_says_unless_told_otherwise(demo, tmp_path):
+    inputs = str(demo / "testset")
+
+    def prediction(run: Path, *flags: str) -> np.ndarray:
+        out = tmp_path / "predictions" / f"{run.name}{''.join(flags)}"
+        result = tool("submission/predict.py", "--run", str(run), "--input", inputs, "--output", str(out), "--tile", "0", *flags)
+        assert result.returncode == 0, result.stderr
+        return read(out / "denoise0.dng", ZTE).mosaic
+
+    augmented, plain = make_run(tmp_path / "tta", head_std=0.05, tta=True), make_run(tmp_path / "old", head_std=0.05)
+    assert np.array_equal(prediction(augmented), prediction(plain, "--tta"))  # the recipe's choice is --tta's
+    assert np.array_equal(prediction(augmented, "--no-tta"), prediction(plain))  # a run without [predict]: off
+    assert not np.array_equal(prediction(augmented), prediction(plain))
 
 
 def test_a_conditioned_model_is_told_each_frames_tag_else_its_estimate(demo, tmp_path):

@@ -1,4 +1,5 @@
-"""Recipes: configs/train/NAME.toml with [model], [data] and [train], plus `--set key=value` overrides.
+"""Recipes: configs/train/NAME.toml with [model], [data], [train] and [predict], plus `--set key=value`
+overrides.
 
 Every key a recipe may hold is declared once, in SCHEMA, with its type, its range and its default:
 `load_recipe` checks the whole recipe against it (a typo, a wrong type or an out-of-range value is
@@ -88,6 +89,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "device": Key("str", "auto", choices=("auto", "cpu", "cuda")),
         "dtype": Key("str", "float32", choices=("float32", "float64"),
                      help="parameters and inputs; float64 only to check exactness (equal runs), several times slower"),  # fmt: skip
+    },
+    "predict": {  # how submission/predict.py runs this recipe's model unless told otherwise
+        "tta": Key("bool", False,
+                   help="average the 8 Bayer-preserving flips and transposes (8x the model's prediction time)"),
     },
 }
 
