@@ -1,0 +1,97 @@
+"""A trained model against BM3D on one test set: quality per noise level and the time each takes.
+
+    python bench/bench_versus_bm3d.py --run runs/quality [--data work/demo] [--tta | --no-tta]
+
+Both entries run as a contestant runs them, as whole commands on the same inputs: submission/predict.py
+(the model told each frame's noise profile, default tiles, test-time augmentation as its recipe says) and tools/bm3d_denoise.py (BM3D told the
+same profile, one process per core). The figures are their wall-clock times and its ratio, measured in
+this one run, and the mean PSNR of each with the gain over the input per noise level, so a model that
+trails BM3D at some level shows where. Frames the model makes worse than its input by more than
+0.05 dB are counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.machine import machine_line  # noqa: E402
+from rawdenoise.contest import load_contest  # noqa: E402
+from rawdenoise.metrics import capped, psnr  # noqa: E402
+from rawdenoise.noise_levels import listed_levels, tagged_level  # noqa: E402
+from rawdenoise.raw import read  # noqa: E402
+
+HARM = 0.05  # dB below the input that counts as harm
+
+
+def timed(command: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, *command, "--quiet"], check=True, cwd=ROOT, capture_output=True)
+    return time.perf_counter() - start
+
+
+def psnrs(folder: Path, names, gt_files: dict, contest) -> np.ndarray:
+    out = []
+    for i, gt_path in sorted(gt_files.items()):
+        prediction = read(names.path(folder, i), contest).mosaic
+        out.append(capped(psnr(read(gt_path, contest).mosaic, prediction, contest.metric.data_range), contest))
+    return np.array(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True, help="a run folder with config.toml and model.pth")
+    parser.add_argument("--data", default="work/demo", help="data folder with testset/ and testset_gt/ (default: %(default)s)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction,
+                        help="force test-time augmentation on or off (default: the run's recipe)")  # fmt: skip
+    parser.add_argument("--contest", default="zte2022")
+    args = parser.parse_args()
+    contest = load_contest(args.contest)
+    data, layout = Path(args.data), contest.layout
+    inputs = data / layout.test_noisy.folder
+    gt_files = layout.test_gt.find(data)
+    noisy_files = layout.test_noisy.find(data)
+    listed = listed_levels(data / layout.test_gt.folder)
+    print(machine_line())
+    with tempfile.TemporaryDirectory() as tmp:
+        model_out, bm3d_out = Path(tmp) / "model", Path(tmp) / "bm3d"
+        seconds_model = timed(["submission/predict.py", "--run", args.run, "--input", str(inputs), "--output", str(model_out),
+                               "--contest", args.contest] + ({True: ["--tta"], False: ["--no-tta"]}.get(args.tta, [])))  # fmt: skip
+        seconds_bm3d = timed(["tools/bm3d_denoise.py", "--input", str(inputs), "--output", str(bm3d_out), "--contest", args.contest])
+        names = contest.submission.output
+        model, bm3d = psnrs(model_out, names, gt_files, contest), psnrs(bm3d_out, names, gt_files, contest)
+    noisy = np.array([capped(psnr(read(gt_files[i], contest).mosaic, read(noisy_files[i], contest).mosaic,
+                                  contest.metric.data_range), contest) for i in sorted(gt_files)])  # fmt: skip
+    levels = []
+    for i in sorted(gt_files):
+        level = listed.get(gt_files[i].resolve()) or tagged_level(read(noisy_files[i], contest))
+        levels.append(level.label if level else "?")
+    n = len(model)
+    tta = {True: " with --tta", False: " with --no-tta"}.get(args.tta, "")
+    print(f"{args.run}{tta} against BM3D on {data}: {n} test frames")
+    print(f"{'entry':<8} {'seconds':>8} {'per frame':>10} {'mean PSNR':>10} {'harmed':>7}")
+    print(f"{'model':<8} {seconds_model:>8.1f} {seconds_model / n:>10.2f} {model.mean():>10.3f} "
+          f"{int((model - noisy < -HARM).sum()):>7d}")  # fmt: skip
+    print(f"{'bm3d':<8} {seconds_bm3d:>8.1f} {seconds_bm3d / n:>10.2f} {bm3d.mean():>10.3f} "
+          f"{int((bm3d - noisy < -HARM).sum()):>7d}")  # fmt: skip
+    print(f"model - BM3D: {model.mean() - bm3d.mean():+.3f} dB mean PSNR; model {seconds_bm3d / seconds_model:.1f}x faster "
+          "(whole commands, start-up included)")
+    print(f"\n{'level':<10} {'frames':>6} {'input':>8} {'model gain':>11} {'bm3d gain':>10} {'model - bm3d':>13}")
+    for label in dict.fromkeys(levels):
+        mine = [k for k, lv in enumerate(levels) if lv == label]
+        gain_model, gain_bm3d = (model[mine] - noisy[mine]).mean(), (bm3d[mine] - noisy[mine]).mean()
+        print(f"{label:<10} {len(mine):>6} {noisy[mine].mean():>8.3f} {gain_model:>+11.3f} {gain_bm3d:>+10.3f} "
+              f"{gain_model - gain_bm3d:>+13.3f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
