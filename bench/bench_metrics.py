@@ -22,6 +22,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.machine import machine_line  # noqa: E402
 from rawdenoise.contest import load_contest  # noqa: E402
 from rawdenoise.metrics import psnr, ssim  # noqa: E402
 from rawdenoise.raw import write_dng  # noqa: E402
@@ -65,6 +66,7 @@ def main() -> None:
     t_ref_ssim, ref_ssim = best_of(1, lambda: structural_similarity(gt, pred, data_range=data_range, **axis))
     t_psnr, _ = best_of(args.repeat, lambda: psnr(gt, pred, data_range))
     t_ssim, _ = best_of(args.repeat, lambda: ssim(gt, pred, data_range, mode))
+    print(machine_line())
     print(f"one {gt.shape[0]}x{gt.shape[1]} pair, SSIM mode '{mode}', {os.cpu_count()} cores")
     print(f"{'':8} {'scikit-image':>13} {'ours':>9} {'speed-up':>9}  |difference|")
     print(f"{'PSNR':8} {t_ref_psnr:12.3f}s {t_psnr:8.3f}s {t_ref_psnr / t_psnr:8.1f}x  {abs(ours_psnr - ref_psnr):.2e} dB")

@@ -23,6 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import machine_line  # noqa: E402
 from rawdenoise.contest import load_contest  # noqa: E402
 from rawdenoise.models import PROBE_NOISE, build_model  # noqa: E402
 from rawdenoise.tiling import infer, margin_for  # noqa: E402
@@ -86,6 +87,7 @@ def main() -> None:
     pixels = (contest.height // 2) * (contest.width // 2)
     gflop = flops_per_pixel(model) * pixels / 1e9
     ceiling = matmul_gflops()
+    print(machine_line())
     print(f"{args.model} on one {contest.height}x{contest.width} frame ({gflop:.0f} GFLOP), "
           f"{torch.get_num_threads()} threads; margin {args.margin or margin_for(model)} packed pixels; "
           f"float32 matmul ceiling {ceiling:.1f} GFLOP/s")  # fmt: skip
