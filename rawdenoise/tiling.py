@@ -7,7 +7,8 @@ are exact because they reproduce everything whole-frame inference does:
   model itself), and only its centre is kept, so no output pixel sees the tile's edge;
 - a tile touching the frame border stops at it, so the model pads and zero-pads exactly as it does
   for the whole frame (the bottom and right pad to a multiple of 2**depth is the same amount).
-Equal-shaped tiles run in batches, under inference mode, channels-last.
+Equal-shaped tiles run in batches, under inference mode, channels-last, in float32 or (precision
+"bf16") with the network's body in bf16 (rawdenoise.precision).
 
 A noise-conditioned model gets the frame's noise profile (a, b) with every tile: it builds its noise
 map or variance-stabilising transform pointwise inside forward, so tiles stay exact.
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from rawdenoise.models import PROBE_NOISE, is_noise_conditioned
+from rawdenoise.precision import autocast
 
 # A conditioned model's reach may differ with the level it is told (k-sigma scales its input by k/a):
 # it is probed at the middle and at both ends of every contest's range, heavier test noise included.
@@ -46,9 +48,10 @@ def _alignment(model) -> int:
 
 
 def _run(model, batch: torch.Tensor, noise) -> torch.Tensor:
-    """`noise`: the frame's (a, b), or None for a blind model (a conditioned one refuses None)."""
+    """`noise`: the frame's (a, b), or None for a blind model (a conditioned one refuses None). The
+    output has the input's dtype, also under bf16 autocast."""
     profile = None if noise is None else torch.tensor([noise], dtype=batch.dtype, device=batch.device).expand(len(batch), 2)
-    return model(batch.contiguous(memory_format=torch.channels_last), profile)
+    return model(batch.contiguous(memory_format=torch.channels_last), profile).to(batch.dtype)
 
 
 def receptive_radius(model: torch.nn.Module, tolerance: float = TOLERANCE) -> int:
@@ -69,7 +72,7 @@ def receptive_radius(model: torch.nn.Module, tolerance: float = TOLERANCE) -> in
     generator = torch.Generator().manual_seed(0)
     levels = PROBE_LEVELS if is_noise_conditioned(model) else (None,)
     probe = copy.deepcopy(model).to(dtype=torch.float64).eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast(device.type, enabled=False):  # exact in any caller's context
         while True:
             x = torch.rand(1, 4, size, size, generator=generator, dtype=torch.float64).to(device=device)
             radius = 0
@@ -91,6 +94,22 @@ def receptive_radius(model: torch.nn.Module, tolerance: float = TOLERANCE) -> in
     return radius
 
 
+def known_radius(model: torch.nn.Module) -> dict | None:
+    """The receptive radius measured on this model so far, as a fact to keep beside its weights
+    (rawdenoise.measured), or None if nothing has probed it."""
+    cached = getattr(model, "_receptive_radius", None)
+    return {"tolerance": cached[0], "radius": cached[1]} if cached else None
+
+
+def adopt_radius(model: torch.nn.Module, fact: dict | None) -> bool:
+    """Take a radius measured earlier on the same weights (known_radius's record) instead of probing
+    again; one measured at another tolerance is not the same fact and is ignored."""
+    if not fact or float(fact["tolerance"]) != TOLERANCE:
+        return False
+    model._receptive_radius = (TOLERANCE, int(fact["radius"]))
+    return True
+
+
 def margin_for(model: torch.nn.Module) -> int:
     """Context on each side of a tile: the receptive radius rounded up to the alignment."""
     m = _alignment(model)
@@ -98,13 +117,15 @@ def margin_for(model: torch.nn.Module) -> int:
 
 
 def infer(model: torch.nn.Module, packed, tile: int | None = None, batch: int = 1, margin: int | None = None,
-          noise: tuple[float, float] | None = None) -> np.ndarray:  # fmt: skip
+          noise: tuple[float, float] | None = None, precision: str = "fp32") -> np.ndarray:  # fmt: skip
     """(4, h, w) normalised packed frame -> the model's (4, h, w) float32 output.
 
     `noise` is the frame's (a, b), variance a*x + b on normalised x; a noise-conditioned model needs it.
     tile=None runs the whole frame at once; tile=N (packed pixels, rounded up to 2**depth) runs
     N x N tiles with a receptive-field margin, equal to whole-frame inference within 1e-5. `margin`
-    (packed pixels, rounded up to 2**depth) overrides the measured one.
+    (packed pixels, rounded up to 2**depth) overrides the measured one. `precision` "bf16" runs the
+    network's body in bf16 (input, conditioning, residual add and output stay float32); tiles then match
+    the whole frame only as closely as bf16 kernels of different shapes round alike.
     """
     device = next(model.parameters()).device
     x = torch.as_tensor(np.asarray(packed, dtype=np.float32) if not torch.is_tensor(packed) else packed)
@@ -114,7 +135,13 @@ def infer(model: torch.nn.Module, packed, tile: int | None = None, batch: int = 
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        m = _alignment(model)
+        tile = None if tile is None else max(m, int(math.ceil(tile / m) * m))
+        if tile is not None and (x.shape[1] > tile or x.shape[2] > tile):  # probed (on a deep copy) before
+            margin = margin_for(model) if margin is None else int(math.ceil(margin / m) * m)
+        else:  # one tile holds the frame: that is whole-frame inference, and needs no margin (whose probe
+            tile = None  # costs seconds a model)
+        with torch.inference_mode(), autocast(precision, device, model):  # bf16 wraps the model's signal layers
             if tile is None:
                 return _run(model, x[None], noise)[0].cpu().numpy()
             return _tiled(model, x, tile, batch, margin, noise)
@@ -122,13 +149,9 @@ def infer(model: torch.nn.Module, packed, tile: int | None = None, batch: int = 
         model.train(was_training)
 
 
-def _tiled(model, x: torch.Tensor, tile: int, batch: int, margin: int | None, noise) -> np.ndarray:
-    m = _alignment(model)
-    tile = max(m, int(math.ceil(tile / m) * m))
+def _tiled(model, x: torch.Tensor, tile: int, batch: int, margin: int, noise) -> np.ndarray:
+    """`tile` and `margin` already rounded to the alignment."""
     _, h, w = x.shape
-    if h <= tile and w <= tile:  # one tile holds the frame: that is whole-frame inference, and needs no
-        return _run(model, x[None], noise)[0].cpu().numpy()  # margin (whose probe costs seconds a model)
-    margin = margin_for(model) if margin is None else int(math.ceil(margin / m) * m)
     out = np.empty(tuple(x.shape), dtype=np.float64 if x.dtype == torch.float64 else np.float32)
     groups = defaultdict(list)  # window shape -> [(window, keep)], so equal shapes share a batch
     for y0 in range(0, h, tile):

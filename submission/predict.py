@@ -4,6 +4,7 @@ A noise-conditioned model is told each frame's noise profile: its NoiseProfile t
 from the frame itself (--noise estimate always estimates; --noise A,B sets one for every frame).
 
     python submission/predict.py --run runs/demo --input work/demo/testset [--tile 512] [--tta | --no-tta] [--noise auto]
+        [--precision fp32|bf16|auto]
     python submission/predict.py --weights W --model unet --model-args '{"widths": [16, 32, 64, 128]}' \\
         --input DIR --output DIR
 """
@@ -18,14 +19,16 @@ if __name__ == "__main__":  # as a script, make the repository's packages import
 
 import argparse
 import json
+import os
 import time
 import tomllib
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from rawdenoise import cli
+from rawdenoise import cli, precision
 from rawdenoise.contest import load_contest
 from rawdenoise.errors import InputError
 from rawdenoise.files import replaced_folder
@@ -33,7 +36,8 @@ from rawdenoise.models import build_model, is_noise_conditioned
 from rawdenoise.noise_estimate import frame_noise_profile
 from rawdenoise.raw import dihedral, pack, phase_offset, read, unpack, write_back
 from rawdenoise.tiff import locate_raw
-from rawdenoise.tiling import infer
+from rawdenoise.measured import read_measured, write_measured
+from rawdenoise.tiling import adopt_radius, infer, known_radius
 
 CANONICAL = "RGGB"  # the packed order R, Gr, Gb, B as a mosaic, as training augmented it
 DEFAULT_TILE = 384  # packed pixels: peak RSS under 1 GB on a contest frame with the baseline U-Net (bench_tiling)
@@ -53,14 +57,15 @@ def _backward(packed: np.ndarray, op: int) -> np.ndarray:
     return pack(np.ascontiguousarray(dihedral(mosaic, op, inverse=True)), CANONICAL)
 
 
-def denoise(model: torch.nn.Module, packed: np.ndarray, tile: int | None, tta: bool = False, noise=None) -> np.ndarray:
+def denoise(model: torch.nn.Module, packed: np.ndarray, tile: int | None, tta: bool = False, noise=None,
+            precision: str = "fp32") -> np.ndarray:  # fmt: skip
     """A normalised packed frame through the model, optionally averaged over the 8 Bayer-preserving
-    flips and transposes (test-time augmentation). `noise`: the frame's (a, b)."""
+    flips and transposes (test-time augmentation). `noise`: the frame's (a, b); `precision`: fp32 or bf16."""
     if not tta:
-        return infer(model, packed, tile, noise=noise)
+        return infer(model, packed, tile, noise=noise, precision=precision)
     total = np.zeros_like(packed, dtype=np.float64)
     for op in range(8):
-        total += _backward(infer(model, _forward(packed, op), tile, noise=noise), op)
+        total += _backward(infer(model, _forward(packed, op), tile, noise=noise, precision=precision), op)
     return (total / 8).astype(np.float32)
 
 
@@ -72,7 +77,10 @@ def run_recipe(run: Path) -> dict:
     return tomllib.loads(config_path.read_text())
 
 
-def load_model(run: Path | None, weights: Path | None, name: str | None, model_args: str | None, device):
+def load_model(run: Path | None, weights: Path | None, name: str | None, model_args: str | None, device,
+               with_weights_path: bool = False):  # fmt: skip
+    """The model of a run folder (its recipe, its model.pth unless `weights` names another file) or of
+    weights with a model name, on `device`, in eval mode; with `with_weights_path`, (model, weights file)."""
     if run is not None:
         recipe = run_recipe(run)
         name, kwargs = recipe["model"]["name"], recipe["model"].get("args", {})
@@ -92,11 +100,41 @@ def load_model(run: Path | None, weights: Path | None, name: str | None, model_a
         model.load_state_dict(state)
     except Exception as err:  # a foreign or damaged file: torch raises many types
         raise InputError(f"{weights}: cannot load into {name}({kwargs}): {type(err).__name__}: {err}") from None
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    return (model, weights) if with_weights_path else model
+
+
+class _InPlace:
+    """An executor that runs each task at once, in the calling thread."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def submit(self, fn, *args) -> Future:
+        future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as err:  # raised again by .result(), where the threaded executor raises it
+            future.set_exception(err)
+        return future
+
+
+def _io_executor(model):
+    """Where decoding (with the noise estimate) of the next frame and writing back of the previous one
+    run: in one I/O thread beside the model's work where a core is free for it (a GPU model, or torch
+    using fewer threads than the CPU has), else in turn with it. On 2 cores with torch on both, a thread
+    beside the model is a wash at best (the demo test set in bf16: 0.39 s threaded, 0.31 s in turn; in
+    float32 0.50 s and 0.56 s), since every kernel waits for the core the thread holds. At most one frame waits each side: memory grows by two
+    frames, not the set."""
+    spare_core = next(model.parameters()).device.type == "cuda" or torch.get_num_threads() < (os.cpu_count() or 1)
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict-io") if spare_core else _InPlace()
 
 
 def predict_folder(model, input_dir: Path, output_dir: Path, contest, tile: int | None, tta: bool, progress: bool,
-                   noise="auto") -> list[Path]:  # fmt: skip
+                   noise="auto", precision: str = "fp32") -> list[Path]:  # fmt: skip
     """Every test input -> its prediction in output_dir. The set is written to a staging folder that
     replaces output_dir only once every frame is done: a failure leaves an earlier set untouched, never a mix."""
     inputs = contest.layout.test_noisy.bare.find(input_dir)
@@ -107,12 +145,28 @@ def predict_folder(model, input_dir: Path, output_dir: Path, contest, tile: int 
         if layout.compression != 1 or layout.bits_per_sample != 16:
             raise InputError(f"{path}: compressed or non-16-bit raw data; predictions cannot be written back into it")
     names = contest.submission.output
-    with replaced_folder(output_dir, owned=names.matches) as staging:
-        for i, path in tqdm(inputs.items(), desc="predict", unit="frame", disable=not progress):
-            frame = read(path, contest)
-            profile = frame_noise_profile(frame, noise) if is_noise_conditioned(model) else None
-            prediction = frame.to_mosaic(denoise(model, frame.packed(), tile, tta, profile))
-            write_back(path, names.path(staging, i), prediction)
+    conditioned = is_noise_conditioned(model)
+
+    def load(path: Path):
+        frame = read(path, contest)
+        return frame, frame.packed(), frame_noise_profile(frame, noise) if conditioned else None
+
+    def store(i: int, path: Path, frame, output: np.ndarray) -> None:
+        write_back(path, names.path(staging, i), frame.to_mosaic(output))
+
+    items = list(inputs.items())
+    with replaced_folder(output_dir, owned=names.matches) as staging, _io_executor(model) as io:
+        loading, writing = io.submit(load, items[0][1]), None
+        for k, (i, path) in enumerate(tqdm(items, desc="predict", unit="frame", disable=not progress)):
+            frame, packed, profile = loading.result()
+            if k + 1 < len(items):
+                loading = io.submit(load, items[k + 1][1])
+            output = denoise(model, packed, tile, tta, profile, precision)
+            del packed
+            if writing is not None:
+                writing.result()
+            writing = io.submit(store, i, path, frame, output)
+        writing.result()
     return [names.path(output_dir, i) for i in inputs]
 
 
@@ -131,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="average the 8 Bayer-preserving flips/transposes, 8x the model's time "
                              "(default: the run's recipe's [predict] tta, else off)")  # fmt: skip
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--precision", default="auto", choices=precision.PRECISIONS,
+                        help="fp32; bf16 for the network's body (input, residual add and output stay float32); "
+                             "auto: bf16 where the CPU or GPU has bf16 arithmetic and training measured it to cost "
+                             f"this model at most {precision.MAX_COST_DB} dB, else fp32 (default: %(default)s)")  # fmt: skip
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     cli.add_noise_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -149,7 +207,11 @@ def main(argv=None) -> int:
         raise InputError("--device cuda: no CUDA device is available")
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
     run = Path(args.run) if args.run else None
-    model = load_model(run, Path(args.weights) if args.weights else None, args.model, args.model_args, device)
+    model, weights = load_model(run, Path(args.weights) if args.weights else None, args.model, args.model_args, device,
+                                with_weights_path=True)  # fmt: skip
+    measured = read_measured(run, weights)  # facts measured on these very weights: bf16's cost, the tiles' margin
+    chosen, why = precision.resolve(args.precision, device, measured)
+    adopt_radius(model, measured.get("receptive_radius"))
     if args.output:
         output = Path(args.output)
     elif run is not None:
@@ -161,9 +223,15 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     tta = args.tta if args.tta is not None else bool(run and run_recipe(run).get("predict", {}).get("tta", False))
     written = predict_folder(model, Path(args.input), output, contest, args.tile or None, tta, not args.quiet,
-                             args.noise)  # fmt: skip
+                             args.noise, chosen)  # fmt: skip
+    radius = known_radius(model)
+    if radius and run is not None and weights.resolve() == (run / "model.pth").resolve() and measured.get("receptive_radius") != radius:
+        try:  # measured here (seconds a model): kept beside the weights so the next run reads it instead
+            write_measured(run, weights, {**{k: v for k, v in measured.items() if k != "weights_sha256"}, "receptive_radius": radius})
+        except OSError as err:  # a cache, not a result: a read-only run folder only means measuring again next time
+            print(f"note: could not keep the measured receptive radius in {run}: {err.strerror or err}", file=sys.stderr)
     print(f"wrote {len(written)} predictions{' (test-time augmentation)' if tta else ''} to {output} "
-          f"in {time.perf_counter() - start:.1f} s")
+          f"in {time.perf_counter() - start:.1f} s; precision {chosen}: {why}")
     return 0
 
 

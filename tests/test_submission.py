@@ -12,9 +12,11 @@ import torch
 
 from rawdenoise.contest import load_contest
 from rawdenoise.demo import make_demo_dataset
+from rawdenoise.measured import read_measured, write_measured
 from rawdenoise.metrics import psnr
 from rawdenoise.models import build_model
 from rawdenoise.raw import read
+from rawdenoise.tiling import TOLERANCE, receptive_radius
 from train.config import write_toml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,6 +77,27 @@ def test_predict_with_a_real_model_stays_in_range_and_tiles_match_whole_frames(d
                 "--tile", "0").returncode == 0  # fmt: skip
     c = read(plain / "denoise0.dng", ZTE).mosaic
     assert np.mean(a == c) >= 0.9999  # tiled and whole-frame outputs agree after rounding
+
+
+def test_the_tiles_margin_is_measured_once_per_weights_and_kept_in_the_run_folder(demo, tmp_path):
+    run = make_run(tmp_path / "run", head_std=0.05)
+    inputs = str(demo / "testset")
+
+    def predict(name: str) -> np.ndarray:
+        result = tool("submission/predict.py", "--run", str(run), "--input", inputs, "--output", str(tmp_path / name), "--tile", "32")
+        assert result.returncode == 0, result.stderr
+        return read(tmp_path / name / "denoise0.dng", ZTE).mosaic
+
+    first = predict("first")
+    model = build_model("unet", **ARGS)
+    model.load_state_dict(torch.load(run / "model.pth", weights_only=True))
+    assert read_measured(run, run / "model.pth")["receptive_radius"] == {"tolerance": TOLERANCE, "radius": receptive_radius(model)}
+    # the next run reads the kept radius instead of probing: a (wrong) radius of 0 shows through as seams
+    write_measured(run, run / "model.pth", {"receptive_radius": {"tolerance": TOLERANCE, "radius": 0}})
+    assert np.mean(predict("trusting") != first) > 0.001
+    torch.save({k: v * 1.0001 for k, v in model.state_dict().items()}, run / "model.pth")  # retrained weights
+    assert np.mean(predict("retrained") == first) >= 0.999  # measured again: no seams
+    assert read_measured(run, run / "model.pth")["receptive_radius"]["radius"] > 0
 
 
 def test_predict_augments_as_the_runs_recipe_says_unless_told_otherwise(demo, tmp_path):

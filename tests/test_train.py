@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from rawdenoise import InputError
+from rawdenoise import InputError, precision
 from rawdenoise.contest import load_contest
 from rawdenoise.demo import make_demo_dataset
+from rawdenoise.measured import read_measured, write_measured
 from rawdenoise.models import build_model
 from train.patch_store import PatchOptions, make_patch_store
 
@@ -67,8 +68,30 @@ def test_a_run_writes_its_folder_and_exports_loadable_ema_weights(store, tmp_pat
     best = weights(run / "best.pt", "ema")
     assert_same(state, best, atol=0)  # model.pth is the EMA of the best validation step
     assert "iterations = 12" in (run / "config.toml").read_text()  # the resolved recipe, overrides included
+    # what bf16 costs these weights, for predict's --precision auto, measured where the CPU has bf16
+    measured = read_measured(run, run / "model.pth")
+    assert ("bf16" in measured) == precision.bf16_hardware("cpu")
     again = train(store, run)
     assert again.returncode == 2 and "--resume" in again.stderr
+
+
+def test_a_finished_runs_bf16_cost_can_be_measured_again_keeping_what_else_was_measured(store, tmp_path):
+    run = tmp_path / "run"
+    trained = train(store, run, "--set", "train.amp='auto'")  # bf16 autocast exactly where the CPU has bf16
+    assert trained.returncode == 0, trained.stderr
+    assert f"train.amp = auto: {'bf16 autocast' if precision.bf16_hardware('cpu') else 'float32'} on this CPU" in trained.stdout
+    radius = {"tolerance": 2e-8, "radius": 12}
+    write_measured(run, run / "model.pth", {"receptive_radius": radius})  # as predict keeps it; no bf16 cost
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "measure_bf16.py"), "--run", str(run)],
+                            capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    measured = read_measured(run, run / "model.pth")
+    if precision.bf16_hardware("cpu"):
+        assert result.returncode == 0, result.stderr
+        assert measured["bf16"]["scheme"] == precision.BF16_SCHEME and measured["receptive_radius"] == radius
+        assert f"{measured['bf16']['cost_db']:+.4f} dB" in result.stdout
+    else:  # nothing to measure: auto keeps float32 on this CPU
+        assert result.returncode == 2 and "no bf16 arithmetic" in result.stderr and "Traceback" not in result.stderr
+        assert measured == {"weights_sha256": measured["weights_sha256"], "receptive_radius": radius}
 
 
 def test_an_interrupted_run_resumed_reaches_the_same_weights(store, tmp_path):

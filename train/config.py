@@ -85,7 +85,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "clip": Key("float", 0.0, low=0, help="gradient-norm clip; 0 turns it off"),
         "val_every": Key("int", 500, low=1),
         "log_every": Key("int", 10, low=1),
-        "amp": Key("str", "none", choices=("none", "bf16"), help="bf16 autocast on hardware that has it"),
+        "amp": Key("str", "none", choices=("none", "bf16", "auto"),
+                   help="bf16 autocast; auto: bf16 where the device has bf16 arithmetic (AVX512-BF16, AMX, a bf16 GPU), else none"),  # fmt: skip
         "device": Key("str", "auto", choices=("auto", "cpu", "cuda")),
         "dtype": Key("str", "float32", choices=("float32", "float64"),
                      help="parameters and inputs; float64 only to check exactness (equal runs), several times slower"),  # fmt: skip

@@ -30,10 +30,11 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from rawdenoise import cli
+from rawdenoise import cli, precision
 from rawdenoise.contest import load_contest
 from rawdenoise.errors import InputError
 from rawdenoise.files import atomic_path
+from rawdenoise.measured import RECORD_NAME, write_measured
 from rawdenoise.metrics import frame_metrics, summarise
 from rawdenoise.models import build_model, is_noise_conditioned
 from rawdenoise.noise_estimate import frame_noise_profile
@@ -106,7 +107,7 @@ def level_weighted_l1(y, t, noise):
     return ((y - t).abs().mean(dim=(1, 2, 3)) * (LEVEL_REFERENCE_STD / sigma)).mean()
 
 
-def validate(model, frames, contest) -> tuple[float, float, float]:
+def validate(model, frames, contest, precision: str = "fp32") -> tuple[float, float, float]:
     """Contest metrics of the model (None: the noisy input as is) on whole validation frames, through
     the same inference as predict, noise profile included (the tag, else the estimate)."""
     psnrs, ssims = [], []
@@ -116,11 +117,24 @@ def validate(model, frames, contest) -> tuple[float, float, float]:
             prediction = noisy.mosaic
         else:
             noise = frame_noise_profile(noisy) if is_noise_conditioned(model) else None
-            prediction = noisy.to_mosaic(infer(model, noisy.packed(), noise=noise))
+            prediction = noisy.to_mosaic(infer(model, noisy.packed(), noise=noise, precision=precision))
         p, s = frame_metrics(gt.mosaic, prediction, contest)
         psnrs.append(p)
         ssims.append(s)
     return summarise(psnrs, ssims, contest)
+
+
+def measure_bf16(model, frames, contest, device) -> dict | None:
+    """What bf16 inference costs the exported model on the validation frames, for predict's
+    `--precision auto`; measured only where the device has bf16 arithmetic (elsewhere auto keeps float32
+    anyway, and emulated bf16 would take many times the float32 time)."""
+    if not frames or not precision.bf16_hardware(device):
+        return None
+    psnr_fp32 = validate(model, frames, contest, "fp32")[0]
+    psnr_bf16 = validate(model, frames, contest, "bf16")[0]
+    return {"psnr_fp32": psnr_fp32, "psnr_bf16": psnr_bf16, "cost_db": psnr_fp32 - psnr_bf16, "frames": len(frames),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "scheme": precision.BF16_SCHEME}  # fmt: skip
 
 
 def drop_log_rows_after(log_path: Path, step: int) -> None:
@@ -272,7 +286,7 @@ def main(argv=None) -> int:
     if master:
         run.mkdir(parents=True, exist_ok=True)
         if not args.resume:  # --overwrite, or a new folder: nothing of an earlier run may survive
-            for stale in ("last.pt", "best.pt", "model.pth", "log.csv", "curves.png"):
+            for stale in ("last.pt", "best.pt", "model.pth", "log.csv", "curves.png", RECORD_NAME):
                 (run / stale).unlink(missing_ok=True)
             shutil.rmtree(run / "tb", ignore_errors=True)
         write_toml(run / "config.toml", {**recipe, "data": {**cfg_data, "patches": str(store)}})
@@ -295,7 +309,10 @@ def main(argv=None) -> int:
             tqdm.write(f"validation frames as they come (noisy): PSNR {psnr:.3f} dB, SSIM {ssim:.5f}, score {score:.3f}")
             writer.add_scalar("val/noisy_psnr", psnr, 0)
     criterion = loss_fn(cfg["loss"])
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg["amp"] == "bf16" else nullcontext()
+    bf16 = cfg["amp"] == "bf16" or (cfg["amp"] == "auto" and cfg["dtype"] == "float32" and precision.bf16_hardware(device))
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    if master and cfg["amp"] == "auto":
+        tqdm.write(f"train.amp = auto: {'bf16 autocast' if bf16 else 'float32'} on this {device.type.upper()}")
     val_every, log_every, clip, decay = cfg["val_every"], cfg["log_every"], cfg["clip"], cfg["ema"]
     bar = tqdm(total=iterations, initial=step, desc=run.name, unit="step", disable=not master or args.quiet)
     start_time, running = time.time(), []
@@ -308,6 +325,7 @@ def main(argv=None) -> int:
         )  # fmt: skip
 
     # --- the loop --------------------------------------------------------------------------------
+    ema_params, model_params = list(ema.parameters()), list(model.parameters())
     try:
         for noisy, gt, noise in loader:
             if args.stop_after is not None and step >= args.stop_after:
@@ -323,9 +341,8 @@ def main(argv=None) -> int:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimiser.step()
             schedule.step()
-            with torch.no_grad():
-                for e, p in zip(ema.parameters(), model.parameters()):
-                    e.lerp_(p, 1 - decay)
+            with torch.no_grad():  # one fused update of every EMA tensor, not a Python loop of small ops
+                torch._foreach_lerp_(ema_params, model_params, 1 - decay)
             step += 1
             running.append(loss.item())
             if not master:
@@ -371,8 +388,17 @@ def main(argv=None) -> int:
         checkpoint(run / "last.pt")
         final = torch.load(run / "best.pt", map_location="cpu", weights_only=True)["ema"] if (run / "best.pt").exists() \
             else ema.state_dict()
+        final = {k: v.float().cpu().contiguous() for k, v in final.items()}
         with atomic_path(run / "model.pth") as tmp:
-            torch.save({k: v.float().cpu().contiguous() for k, v in final.items()}, tmp)
+            torch.save(final, tmp)
+        exported = build_model(cfg_model["name"], **cfg_model["args"])
+        exported.load_state_dict(final)
+        bf16 = measure_bf16(exported.to(device), val_frames, contest, device)
+        write_measured(run, run / "model.pth", {"bf16": bf16} if bf16 else {})
+        if bf16:
+            verdict = "within" if bf16["cost_db"] <= precision.MAX_COST_DB else "over"
+            print(f"bf16 inference costs {bf16['cost_db']:+.4f} dB on the validation frames ({verdict} the "
+                  f"{precision.MAX_COST_DB} dB that predict's --precision auto allows)")
         log.close()
         writer.close()
         plot_curves(run / "log.csv", run / "curves.png")

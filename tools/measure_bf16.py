@@ -1,0 +1,66 @@
+"""Measure what bf16 inference costs a finished run's weights, for predict's `--precision auto`.
+
+    python tools/measure_bf16.py --run runs/X [--contest NAME]
+
+Training measures this itself when it ends on bf16 hardware; this is for a run trained elsewhere (on a
+machine without bf16, or before the measurement existed) or measured under an earlier bf16 scheme. It
+runs the run's model.pth on the validation frames of the patch store the run trained from, in float32
+and in bf16, exactly as training does, and writes the difference of their mean PSNR into the run folder's
+inference.json (beside whatever else was measured on those weights). Exit 2, changing nothing, when the
+run folder, its weights or its validation frames are missing, or when this machine has no bf16
+arithmetic (bf16 emulated would take many times the float32 time and decide nothing here).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":  # as a script, make the repository's packages importable the same way as tests do
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import argparse
+
+import torch
+
+from rawdenoise import cli, precision
+from rawdenoise.contest import load_contest
+from rawdenoise.errors import InputError
+from rawdenoise.measured import read_measured, write_measured
+from submission.predict import load_model, run_recipe
+from train.patch_store import load_meta
+from train.train import measure_bf16
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True, help="runs/X: its config.toml, model.pth and patch store")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    cli.add_contest_argument(parser)
+    args = parser.parse_args(argv)
+    contest = load_contest(args.contest)
+    run = Path(args.run)
+    store = run_recipe(run).get("data", {}).get("patches")
+    if not store:
+        raise InputError(f"{run}/config.toml: names no patch store (data.patches), so no validation frames")
+    frames = [(Path(v["noisy"]), Path(v["gt"])) for v in load_meta(store)["val_frames"]]
+    missing = [str(p) for pair in frames for p in pair if not p.is_file()]
+    if not frames or missing:
+        raise InputError(f"{store}: validation frames {'missing: ' + ', '.join(missing) if missing else 'none'}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available")
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    if not precision.bf16_hardware(device):
+        raise InputError(f"this {device.type.upper()} has no bf16 arithmetic: --precision auto keeps float32 here, nothing to measure")
+    model, weights = load_model(run, None, None, None, device, with_weights_path=True)
+    record = measure_bf16(model, frames, contest, device)
+    kept = {k: v for k, v in read_measured(run, weights).items() if k != "weights_sha256"}
+    write_measured(run, weights, {**kept, "bf16": record})
+    verdict = "bf16" if record["cost_db"] <= precision.MAX_COST_DB else "fp32"
+    print(f"{run}: bf16 costs {record['cost_db']:+.4f} dB on {record['frames']} validation frames "
+          f"(fp32 {record['psnr_fp32']:.4f} dB, bf16 {record['psnr_bf16']:.4f} dB); --precision auto will run {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
