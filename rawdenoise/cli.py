@@ -50,6 +50,21 @@ def add_noise_argument(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="auto: CUDA where there is a GPU, else the CPU (default: %(default)s)")  # fmt: skip
+
+
+def device_from(choice: str):
+    """--device auto|cpu|cuda -> the torch device to run on; asking for CUDA where there is none is bad
+    input. (torch is imported here, not at the top: the scorer shares this module and never imports it.)"""
+    import torch
+
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available")
+    return torch.device("cuda" if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()) else "cpu")
+
+
 def describe_os_error(err: OSError) -> str:
     """"path: Permission denied" rather than "[Errno 13] Permission denied: 'path'"."""
     names = [str(n) for n in (err.filename, err.filename2) if n is not None]

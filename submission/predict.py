@@ -34,9 +34,9 @@ from rawdenoise.errors import InputError
 from rawdenoise.files import replaced_folder
 from rawdenoise.models import build_model, is_noise_conditioned
 from rawdenoise.noise_estimate import frame_noise_profile
+from rawdenoise.measured import read_measured, update_measured
 from rawdenoise.raw import dihedral, pack, phase_offset, read, unpack, write_back
 from rawdenoise.tiff import locate_raw
-from rawdenoise.measured import read_measured, write_measured
 from rawdenoise.tiling import adopt_radius, infer, known_radius
 
 CANONICAL = "RGGB"  # the packed order R, Gr, Gb, B as a mosaic, as training augmented it
@@ -127,8 +127,8 @@ def _io_executor(model):
     run: in one I/O thread beside the model's work where a core is free for it (a GPU model, or torch
     using fewer threads than the CPU has), else in turn with it. On 2 cores with torch on both, a thread
     beside the model is a wash at best (the demo test set in bf16: 0.39 s threaded, 0.31 s in turn; in
-    float32 0.50 s and 0.56 s), since every kernel waits for the core the thread holds. At most one frame waits each side: memory grows by two
-    frames, not the set."""
+    float32 0.50 s and 0.56 s), since every kernel waits for the core the thread holds. At most one
+    frame waits each side: memory grows by two frames, not the set."""
     spare_core = next(model.parameters()).device.type == "cuda" or torch.get_num_threads() < (os.cpu_count() or 1)
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict-io") if spare_core else _InPlace()
 
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction,
                         help="average the 8 Bayer-preserving flips/transposes, 8x the model's time "
                              "(default: the run's recipe's [predict] tta, else off)")  # fmt: skip
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    cli.add_device_argument(parser)
     parser.add_argument("--precision", default="auto", choices=precision.PRECISIONS,
                         help="fp32; bf16 for the network's body (input, residual add and output stay float32); "
                              "auto: bf16 where the CPU or GPU has bf16 arithmetic and training measured it to cost "
@@ -203,9 +203,7 @@ def main(argv=None) -> int:
         if args.threads < 1:
             raise InputError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is available")
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    device = cli.device_from(args.device)
     run = Path(args.run) if args.run else None
     model, weights = load_model(run, Path(args.weights) if args.weights else None, args.model, args.model_args, device,
                                 with_weights_path=True)  # fmt: skip
@@ -227,7 +225,7 @@ def main(argv=None) -> int:
     radius = known_radius(model)
     if radius and run is not None and weights.resolve() == (run / "model.pth").resolve() and measured.get("receptive_radius") != radius:
         try:  # measured here (seconds a model): kept beside the weights so the next run reads it instead
-            write_measured(run, weights, {**{k: v for k, v in measured.items() if k != "weights_sha256"}, "receptive_radius": radius})
+            update_measured(run, weights, {"receptive_radius": radius})
         except OSError as err:  # a cache, not a result: a read-only run folder only means measuring again next time
             print(f"note: could not keep the measured receptive radius in {run}: {err.strerror or err}", file=sys.stderr)
     print(f"wrote {len(written)} predictions{' (test-time augmentation)' if tta else ''} to {output} "

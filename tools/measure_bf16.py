@@ -21,21 +21,19 @@ if __name__ == "__main__":  # as a script, make the repository's packages import
 
 import argparse
 
-import torch
-
 from rawdenoise import cli, precision
 from rawdenoise.contest import load_contest
 from rawdenoise.errors import InputError
-from rawdenoise.measured import read_measured, write_measured
+from rawdenoise.measured import update_measured
 from submission.predict import load_model, run_recipe
-from train.patch_store import load_meta
+from train.patch_store import validation_frames
 from train.train import measure_bf16
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True, help="runs/X: its config.toml, model.pth and patch store")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    cli.add_device_argument(parser)
     cli.add_contest_argument(parser)
     args = parser.parse_args(argv)
     contest = load_contest(args.contest)
@@ -43,19 +41,15 @@ def main(argv=None) -> int:
     store = run_recipe(run).get("data", {}).get("patches")
     if not store:
         raise InputError(f"{run}/config.toml: names no patch store (data.patches), so no validation frames")
-    frames = [(Path(v["noisy"]), Path(v["gt"])) for v in load_meta(store)["val_frames"]]
-    missing = [str(p) for pair in frames for p in pair if not p.is_file()]
-    if not frames or missing:
-        raise InputError(f"{store}: validation frames {'missing: ' + ', '.join(missing) if missing else 'none'}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is available")
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    frames = validation_frames(store)
+    if not frames:
+        raise InputError(f"{store}: no validation frames to measure on")
+    device = cli.device_from(args.device)
     if not precision.bf16_hardware(device):
         raise InputError(f"this {device.type.upper()} has no bf16 arithmetic: --precision auto keeps float32 here, nothing to measure")
     model, weights = load_model(run, None, None, None, device, with_weights_path=True)
     record = measure_bf16(model, frames, contest, device)
-    kept = {k: v for k, v in read_measured(run, weights).items() if k != "weights_sha256"}
-    write_measured(run, weights, {**kept, "bf16": record})
+    update_measured(run, weights, {"bf16": record})
     verdict = "bf16" if record["cost_db"] <= precision.MAX_COST_DB else "fp32"
     print(f"{run}: bf16 costs {record['cost_db']:+.4f} dB on {record['frames']} validation frames "
           f"(fp32 {record['psnr_fp32']:.4f} dB, bf16 {record['psnr_bf16']:.4f} dB); --precision auto will run {verdict}")

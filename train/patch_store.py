@@ -232,6 +232,15 @@ def load_meta(store: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def validation_frames(store: str | Path) -> list[tuple[Path, Path]]:
+    """The store's whole validation frames, (noisy, ground truth) DNG paths, each checked to still exist."""
+    frames = [(Path(v["noisy"]), Path(v["gt"])) for v in load_meta(store)["val_frames"]]
+    for path in (p for pair in frames for p in pair):
+        if not path.is_file():
+            raise InputError(f"{store}: validation frame {path} is gone; rebuild the store with train/make_patches.py")
+    return frames
+
+
 def load_profiles(store: str | Path) -> np.ndarray:
     """(patches, 2) float64: each patch's (a, b), in store order."""
     path = Path(store) / "index.csv"

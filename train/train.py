@@ -43,7 +43,7 @@ from rawdenoise.tiling import infer
 from train.config import describe as describe_recipe_keys
 from train.config import load_recipe, write_toml
 from train.dataset import PatchSamples, StepSampler
-from train.patch_store import load_meta
+from train.patch_store import validation_frames
 
 LOG_COLUMNS = ["step", "loss", "lr", "val_psnr", "val_ssim", "val_score", "seconds"]
 
@@ -223,10 +223,7 @@ def main(argv=None) -> int:
     # --- distributed set-up: only when torchrun's variables are present --------------------------
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if distributed else (0, 1)
-    want = cfg["device"]
-    use_cuda = want == "cuda" or (want == "auto" and torch.cuda.is_available())
-    if want == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is available")
+    use_cuda = cli.device_from(cfg["device"]).type == "cuda"
     if distributed:
         dist.init_process_group("nccl" if use_cuda else "gloo")
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if use_cuda else "cpu")
@@ -245,11 +242,7 @@ def main(argv=None) -> int:
     store = cfg_data["patches"]
     if not store:
         raise InputError("no patch store: set data.patches in the recipe or pass --patches DIR")
-    meta = load_meta(store)
-    val_frames = [(v["noisy"], v["gt"]) for v in meta["val_frames"]]
-    for path in (p for pair in val_frames for p in pair):
-        if not Path(path).is_file():
-            raise InputError(f"{store}: validation frame {path} is gone; rebuild the store with train/make_patches.py")
+    val_frames = validation_frames(store)
 
     # --- model, optimiser, schedule, EMA ---------------------------------------------------------
     torch.manual_seed(cfg["seed"])
