@@ -35,7 +35,7 @@ from rawdenoise.files import replaced_folder
 from rawdenoise.models import build_model, is_noise_conditioned
 from rawdenoise.noise_estimate import frame_noise_profile
 from rawdenoise.measured import read_measured, update_measured
-from rawdenoise.raw import dihedral, pack, phase_offset, read, unpack, write_back
+from rawdenoise.raw import check_writable, dihedral, pack, phase_offset, read, unpack, write_back
 from rawdenoise.tiff import locate_raw
 from rawdenoise.tiling import adopt_radius, infer, known_radius
 
@@ -140,19 +140,18 @@ def predict_folder(model, input_dir: Path, output_dir: Path, contest, tile: int 
     inputs = contest.layout.test_noisy.bare.find(input_dir)
     if not inputs:
         raise InputError(f"{input_dir}: no test inputs named like {contest.layout.test_noisy.bare.pattern}")
-    for path in inputs.values():  # refuse a container we cannot write back before spending any compute
-        layout = locate_raw(path)
-        if layout.compression != 1 or layout.bits_per_sample != 16:
-            raise InputError(f"{path}: compressed or non-16-bit raw data; predictions cannot be written back into it")
+    layouts = {path: locate_raw(path) for path in inputs.values()}  # each DNG's structure, parsed once here
+    for layout in layouts.values():  # refuse a container we cannot write back before spending any compute
+        check_writable(layout)
     names = contest.submission.output
     conditioned = is_noise_conditioned(model)
 
     def load(path: Path):
-        frame = read(path, contest)
+        frame = read(path, contest, layouts[path])
         return frame, frame.packed(), frame_noise_profile(frame, noise) if conditioned else None
 
     def store(i: int, path: Path, frame, output: np.ndarray) -> None:
-        write_back(path, names.path(staging, i), frame.to_mosaic(output))
+        write_back(path, names.path(staging, i), frame.to_mosaic(output), frame.layout)
 
     items = list(inputs.items())
     with replaced_folder(output_dir, owned=names.matches) as staging, _io_executor(model) as io:

@@ -71,6 +71,26 @@ def test_normalise_round_trip_is_exact_and_denormalise_rounds_and_clips(contest,
     assert dn[1, 0] == contest.white
 
 
+def test_normalise_and_denormalise_compute_exactly_what_the_formula_says(rng):
+    """The compiled passes against the formula in numpy: float32 (dn - black) / (white - black), and
+    float64 rint(x * (white - black) + black) clipped, with a different black at each mosaic site and
+    values placed on rounding's half-way points."""
+    black, white = np.array([[1024, 1000], [1010, 64]]), 16383
+    grid = np.tile(black, (50, 40))
+    mosaic = rng.integers(0, 16384, grid.shape).astype(np.uint16)
+    expected = (mosaic.astype(np.float32) - grid.astype(np.float32)) / (white - grid).astype(np.float32)
+    assert np.array_equal(normalise(mosaic, black, white), expected)
+    for dtype in (np.float32, np.float64):
+        x = rng.uniform(-0.1, 1.1, grid.shape).astype(dtype)
+        x[::3] = ((rng.integers(0, 16000, grid.shape) + 0.5) / (white - grid))[::3]  # x.5 DN after scaling
+        dn = np.clip(np.rint(x.astype(np.float64) * (white - grid) + grid), grid, white).astype(np.uint16)
+        assert np.array_equal(denormalise(x, black, white), dn)
+        strided = np.empty((x.shape[0], 2 * x.shape[1]), dtype)
+        strided[:, ::2] = x
+        assert np.array_equal(denormalise(strided[:, ::2], black, white), dn)  # a view alike
+    assert denormalise(np.full((2, 2), np.nan), black, white).tolist() == black.tolist()
+
+
 def test_write_dng_reads_back_bit_exactly_with_pattern_and_levels(contest, rng, tmp_path):
     mosaic = random_mosaic(rng, contest)
     path = tmp_path / "frame.dng"
@@ -141,6 +161,24 @@ def test_write_back_replaces_only_the_pixels(kind, contest, rng, tmp_path):
     frame = read(dest, contest)
     assert np.array_equal(frame.mosaic, new)
     assert frame.cfa == contest.cfa and frame.white == contest.white
+    again = tmp_path / "again.dng"  # with the structure parsed when the container was read (as predict does)
+    write_back(container, again, new, read(container, contest).layout)
+    assert again.read_bytes() == after
+
+
+def test_a_layout_from_another_file_is_not_trusted(rng, tmp_path):
+    """A file replaced since its structure was parsed (another size) is located again, never written
+    through offsets that belong to the old one."""
+    path = tmp_path / "frame.dng"
+    write_dng(path, rng.integers(0, 1000, (32, 32)).astype(np.uint16), "RGGB", 0, 1023)
+    stale = read(path).layout
+    replacement = rng.integers(0, 1000, (48, 40)).astype(np.uint16)
+    write_dng(path, replacement, "RGGB", 0, 1023, subifd=True)
+    assert path.stat().st_size != stale.file_size
+    assert np.array_equal(read(path, layout=stale).mosaic, replacement)
+    new = rng.integers(0, 1000, (48, 40)).astype(np.uint16)
+    write_back(path, tmp_path / "out.dng", new, stale)
+    assert np.array_equal(read(tmp_path / "out.dng").mosaic, new)
 
 
 def test_write_back_keeps_the_padding_of_edge_tiles(rng, tmp_path):

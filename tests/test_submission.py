@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 
 from rawdenoise.contest import load_contest
@@ -142,6 +143,17 @@ def test_predict_refuses_what_it_cannot_do_before_computing(demo, tmp_path):
     (run / "model.pth").unlink()
     result = tool("submission/predict.py", "--run", str(run), "--input", str(demo / "testset"))
     assert result.returncode == 2 and "model.pth" in result.stderr and "Traceback" not in result.stderr
+    run = make_run(tmp_path / "identity")
+    testset = tmp_path / "testset"
+    shutil.copytree(demo / "testset", testset)
+    last = sorted(testset.iterdir())[-1]  # a compressed container: nothing can be written back into it
+    tifffile.imwrite(last, read(last).mosaic, photometric=32803, compression="zlib", subfiletype=0,
+                     extratags=[(50706, "B", 4, (1, 4, 0, 0), True), (33421, "H", 2, (2, 2), True),
+                                (33422, "B", 4, (2, 1, 1, 0), True)])  # fmt: skip
+    result = tool("submission/predict.py", "--run", str(run), "--input", str(testset))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{last.name}: raw data is compressed" in result.stderr
+    assert not (run / "result").exists(), "refused before any frame was predicted or written"
 
 
 def test_pack_writes_exactly_the_contest_layout_and_the_network_loads(demo, tmp_path):
