@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numba
 import numpy as np
 import rawpy
 import tifffile
@@ -108,7 +107,9 @@ def normalise(mosaic: np.ndarray, black, white: int) -> np.ndarray:
     mosaic = _check_mosaic(mosaic)
     grid = _black_grid(black)
     out = np.empty(mosaic.shape, dtype=np.float32)
-    _normalise_into(mosaic, grid.astype(np.float32), (white - grid).astype(np.float32), out)
+    for r in range(2):
+        for c in range(2):
+            _normalise_site(mosaic[r::2, c::2], grid[r, c], white, out[r::2, c::2])
     return out
 
 
@@ -116,35 +117,30 @@ def denormalise(x: np.ndarray, black, white: int) -> np.ndarray:
     """Normalised float mosaic -> uint16 DN, rounded to nearest (half to even) and clipped to
     [black, white], black per mosaic position; NaN becomes black."""
     x = _check_mosaic(x, "normalised mosaic")
+    grid = _black_grid(black)
     out = np.empty(x.shape, dtype=np.uint16)
-    _denormalise_into(x, _black_grid(black), float(white), out)
+    for r in range(2):
+        for c in range(2):
+            _denormalise_site(x[r::2, c::2], grid[r, c], white, out[r::2, c::2])
     return out
 
 
-# Both run once per frame read or written: one compiled pass over the mosaic, where numpy's chain of
-# whole-frame temporaries (float64 for the exact rounding) took 0.21 s of a contest frame's write-back
-# and these take a tenth of it. The arithmetic is numpy's, operation for operation (float32 for
-# normalise, float64 for denormalise; no fastmath), so the values are the same to the last bit.
-@numba.njit(cache=True)
-def _normalise_into(mosaic, grid, scale, out):  # pragma: no cover - compiled
-    h, w = mosaic.shape
-    for i in range(h):
-        for j in range(w):
-            out[i, j] = (np.float32(mosaic[i, j]) - grid[i & 1, j & 1]) / scale[i & 1, j & 1]
+# One mosaic site (or packed channel) at a time, written straight into its destination: a frame's
+# packing and normalising are one pass (RawFrame.packed, to_mosaic), with no whole-frame temporaries
+# (a contest frame's float64 copy is 128 MB; predict's peak memory counts them).
+def _normalise_site(dn: np.ndarray, black: float, white: int, out: np.ndarray) -> None:
+    np.subtract(dn, np.float32(black), out=out, dtype=np.float32)
+    out /= np.float32(white - black)
 
 
-@numba.njit(cache=True)
-def _denormalise_into(x, grid, white, out):  # pragma: no cover - compiled
-    h, w = x.shape
-    for i in range(h):
-        for j in range(w):
-            black = grid[i & 1, j & 1]
-            dn = np.rint(np.float64(x[i, j]) * (white - black) + black)
-            if not dn >= black:  # NaN too
-                dn = black
-            elif dn > white:
-                dn = white
-            out[i, j] = np.uint16(dn)
+def _denormalise_site(x: np.ndarray, black: float, white: int, out: np.ndarray) -> None:
+    dn = x.astype(np.float64)  # float64: float32 would round some values half-way to the wrong DN
+    dn *= white - black
+    dn += black
+    np.rint(dn, out=dn)
+    np.fmax(dn, black, out=dn)  # fmax, not clip: NaN becomes black
+    np.minimum(dn, white, out=dn)
+    out[...] = dn
 
 
 @dataclass
@@ -163,12 +159,23 @@ class RawFrame:
     layout: RawLayout | None = field(default=None, repr=False)
 
     def packed(self) -> np.ndarray:
-        """Normalised float32 (4, H/2, W/2), R, Gr, Gb, B."""
-        return pack(normalise(self.mosaic, self.black, self.white), self.cfa)
+        """Normalised float32 (4, H/2, W/2), R, Gr, Gb, B: pack(normalise(mosaic)) in one pass."""
+        h, w = self.mosaic.shape
+        out = np.empty((4, h // 2, w // 2), dtype=np.float32)
+        for k, (r, c) in enumerate(channel_positions(self.cfa)):
+            _normalise_site(self.mosaic[r::2, c::2], self.black[r, c], self.white, out[k])
+        return out
 
     def to_mosaic(self, packed: np.ndarray) -> np.ndarray:
-        """A normalised packed prediction -> uint16 mosaic in this frame's levels and CFA."""
-        return denormalise(unpack(packed, self.cfa), self.black, self.white)
+        """A normalised packed prediction -> uint16 mosaic in this frame's levels and CFA:
+        denormalise(unpack(packed)) in one pass."""
+        packed = np.asarray(packed)
+        if packed.shape != (4, self.mosaic.shape[0] // 2, self.mosaic.shape[1] // 2):
+            raise ValueError(f"packed prediction of shape {packed.shape} does not fit {self.path}'s {self.mosaic.shape} mosaic")
+        out = np.empty(self.mosaic.shape, dtype=np.uint16)
+        for k, (r, c) in enumerate(channel_positions(self.cfa)):
+            _denormalise_site(packed[k], self.black[r, c], self.white, out[r::2, c::2])
+        return out
 
 
 def check_levels(frame: RawFrame, where) -> None:

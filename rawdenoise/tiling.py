@@ -121,9 +121,10 @@ def infer(model: torch.nn.Module, packed, tile: int | None = None, batch: int = 
     """(4, h, w) normalised packed frame -> the model's (4, h, w) float32 output.
 
     `noise` is the frame's (a, b), variance a*x + b on normalised x; a noise-conditioned model needs it.
-    tile=None runs the whole frame at once; tile=N (packed pixels, rounded up to 2**depth) runs
-    N x N tiles with a receptive-field margin, equal to whole-frame inference within 1e-5. `margin`
-    (packed pixels, rounded up to 2**depth) overrides the measured one. `precision` "bf16" runs the
+    tile=None runs the whole frame at once; tile=N (packed pixels, rounded up to 2**depth) runs tiles
+    of at most N x N, as equal as the alignment allows, each with a receptive-field margin, equal to
+    whole-frame inference within 1e-5. `margin` (packed pixels, rounded up to 2**depth) overrides the
+    measured one. `precision` "bf16" runs the
     network's body in bf16 (input, conditioning, residual add and output stay float32); tiles then match
     the whole frame only as closely as bf16 kernels of different shapes round alike.
     """
@@ -151,19 +152,32 @@ def infer(model: torch.nn.Module, packed, tile: int | None = None, batch: int = 
             model.train()
 
 
+def _even_side(length: int, tile: int, alignment: int) -> int:
+    """The side of the tiles along an axis: as many as tiles of `tile` need, but as equal as the
+    alignment allows. A contest frame's 2312 packed columns in tiles of 512 are then 5 of 464, not four
+    of 512 and one of 264: the same compute, and the largest window (the memory a tile needs) 15 %
+    smaller."""
+    count = math.ceil(length / tile)
+    return int(math.ceil(length / count / alignment) * alignment)
+
+
 def _tiled(model, x: torch.Tensor, tile: int, batch: int, margin: int, noise) -> np.ndarray:
     """`tile` and `margin` already rounded to the alignment."""
     _, h, w = x.shape
     out = np.empty(tuple(x.shape), dtype=np.float64 if x.dtype == torch.float64 else np.float32)
+    rows, cols = _even_side(h, tile, _alignment(model)), _even_side(w, tile, _alignment(model))
     groups = defaultdict(list)  # window shape -> [(window, keep)], so equal shapes share a batch
-    for y0 in range(0, h, tile):
-        for x0 in range(0, w, tile):
-            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+    for y0 in range(0, h, rows):
+        for x0 in range(0, w, cols):
+            y1, x1 = min(y0 + rows, h), min(x0 + cols, w)
             wy0, wx0 = max(0, y0 - margin), max(0, x0 - margin)
             wy1, wx1 = min(h, y1 + margin), min(w, x1 + margin)
             keep = (slice(y0, y1), slice(x0, x1), slice(y0 - wy0, y1 - wy0), slice(x0 - wx0, x1 - wx0))
             groups[(wy1 - wy0, wx1 - wx0)].append(((wy0, wy1, wx0, wx1), keep))
-    for items in groups.values():
+    # Largest windows first: the allocator's heap grows to the largest tile's pattern once, and the
+    # smaller ones fit in what it leaves (smallest first, each new size grew the heap again).
+    for shape in sorted(groups, key=lambda shape: -shape[0] * shape[1]):
+        items = groups[shape]
         for start in range(0, len(items), batch):
             chunk = items[start : start + batch]
             windows = torch.stack([x[:, a:b, c:d] for (a, b, c, d), _ in chunk])

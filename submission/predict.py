@@ -40,7 +40,8 @@ from rawdenoise.tiff import locate_raw
 from rawdenoise.tiling import adopt_radius, infer, known_radius
 
 CANONICAL = "RGGB"  # the packed order R, Gr, Gb, B as a mosaic, as training augmented it
-DEFAULT_TILE = 384  # packed pixels: peak RSS under 1 GB on a contest frame with the baseline U-Net (bench_tiling)
+DEFAULT_TILE = 512  # packed pixels, at most: the whole predict process under 1 GB on a contest frame at the whole
+# frame's speed with the baseline U-Net and a trained-like margin (bench/bench_predict_frame.py)
 
 
 def _forward(packed: np.ndarray, op: int) -> np.ndarray:

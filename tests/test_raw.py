@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import rawpy
@@ -7,7 +9,7 @@ import tifffile
 
 from rawdenoise import InputError
 from rawdenoise.contest import CFA_PATTERNS
-from rawdenoise.raw import CHANNELS, denormalise, normalise, pack, read, unpack, write_back, write_dng
+from rawdenoise.raw import CHANNELS, RawFrame, denormalise, normalise, pack, read, unpack, write_back, write_dng
 from rawdenoise.tiff import locate_raw
 from tests.conftest import random_mosaic
 from tests.dng_builders import write_pidng_style
@@ -89,6 +91,10 @@ def test_normalise_and_denormalise_compute_exactly_what_the_formula_says(rng):
         strided[:, ::2] = x
         assert np.array_equal(denormalise(strided[:, ::2], black, white), dn)  # a view alike
     assert denormalise(np.full((2, 2), np.nan), black, white).tolist() == black.tolist()
+    for cfa in ("RGGB", "BGGR", "GRBG", "GBRG"):  # a frame packs and unpacks in one pass, to the same values
+        frame = RawFrame(mosaic, cfa, black, white, Path("x.dng"))
+        assert np.array_equal(frame.packed(), pack(normalise(mosaic, black, white), cfa))
+        assert np.array_equal(frame.to_mosaic(pack(x, cfa)), denormalise(x, black, white))
 
 
 def test_write_dng_reads_back_bit_exactly_with_pattern_and_levels(contest, rng, tmp_path):

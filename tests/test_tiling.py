@@ -54,6 +54,33 @@ def test_a_frame_within_one_tile_is_run_whole_without_the_seconds_of_probing_its
     assert getattr(model, "_receptive_radius", None) is None  # the probe never ran
 
 
+class _Recorder(torch.nn.Module):
+    """The identity with a U-Net's alignment that records the windows it is given."""
+
+    depth = 4
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.windows = []
+
+    def forward(self, x, noise=None):
+        self.windows.append(tuple(x.shape[-2:]))
+        return x
+
+
+def test_tiles_share_the_frame_evenly_so_the_largest_window_is_small():
+    """A contest frame (1736 x 2312 packed) in tiles of at most 512: 4 x 5 tiles of 448 x 464 (the same
+    number as 512 would need), so no window is larger than 448 + 2 margins by 464 + 2 margins, and no
+    sliver of a last tile pays a whole margin for a few columns; every pixel is still computed once."""
+    model, margin = _Recorder(), 32
+    x = np.random.default_rng(4).random((4, 1736, 2312)).astype(np.float32)
+    assert np.array_equal(infer(model, x, tile=512, margin=margin), x)
+    assert len(model.windows) == 4 * 5
+    assert max(model.windows) == (448 + 2 * margin, 464 + 2 * margin)
+    assert min(h for h, _ in model.windows) >= 1736 - 3 * 448 + margin  # the last row is 392, not 200
+
+
 def test_the_margin_is_measured_from_the_model():
     identity = build_model("unet", **MODELS["unet"])  # zero head: the output is the input itself
     assert receptive_radius(identity) == 0

@@ -106,6 +106,6 @@ class ConvNeXtUNet(nn.Module):
                 skips.append(y)
                 y = F.max_pool2d(y, 2)
         for level in reversed(range(self.depth)):
-            y = self.decoder[level](torch.cat([self.up[level](y), skips[level]], dim=1))
+            y = self.decoder[level](torch.cat([self.up[level](y), skips.pop()], dim=1))  # each skip freed once merged
         residual = self.head(self.head_norm(y.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
         return (padded + residual * scale)[..., :h, :w]

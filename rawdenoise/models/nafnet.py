@@ -161,6 +161,6 @@ class NAFNet(nn.Module):
             skips.append(y)
             y = down(y)
         y = self.middle(y)
-        for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips)):
-            y = decoder(up(y) + skip)
+        for up, decoder in zip(self.ups, self.decoders):
+            y = decoder(up(y) + skips.pop())  # each skip freed once added: tiles spend memory at full resolution
         return (padded + self.ending(y) * scale)[..., :h, :w]
