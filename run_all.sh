@@ -19,7 +19,7 @@ STAGES=(setup data patches train size predict pack score)
 PYTHON_BIN="${PYTHON:-python3.11}"
 VENV=.venv
 DATA=""
-CONTEST=zte2022
+CONTEST=""  # the profile's default (tools/pipeline.py default-contest) unless --contest says
 RECIPE=demo
 FROM=""
 ONLY=""
@@ -47,7 +47,6 @@ for s in "$FROM" "$ONLY"; do
 done
 if [[ -n "$DATA" && ! -d "$DATA" ]]; then die "--data $DATA: folder not found"; fi
 [[ -f "configs/train/$RECIPE.toml" ]] || die "--recipe $RECIPE: no configs/train/$RECIPE.toml (recipes: $(cd configs/train && ls *.toml | sed 's/.toml//' | tr '\n' ' '))"
-export RUN_ALL_RECIPE="$RECIPE"  # read by the training stages once they exist
 
 # Which stages run: all, those from --from on, or just --only. setup always runs first (it is cheap
 # when nothing changed) because every other stage needs the environment.
@@ -63,6 +62,11 @@ selected() {
 }
 
 hash_files() { sha256sum "$@" 2>/dev/null | sha256sum | cut -c1-16; }
+# What run_all asks of the project is answered by tools/pipeline.py: the profile's folders, a recipe's
+# patch size, and code-hash, a hash of every repository file a stage's scripts import (transitively),
+# the contest profile and any --also file, so that a change to anything a stage runs reruns it.
+pipeline() { "$VENV/bin/python" tools/pipeline.py "$@"; }
+code_hash() { pipeline code-hash "$@" --contest "$CONTEST"; }
 
 # A stamp records the command and a hash of everything the stage read; equal stamp = skip.
 stamp_matches() { [[ -f "$1" ]] && [[ "$(cat "$1")" == "$2" ]]; }
@@ -96,7 +100,7 @@ stage_data() {
   local args=(--out "$out" --contest "$CONTEST")
   [[ -n "$FULL_SIZE" ]] && args+=(--full-size)
   local stamp
-  stamp="make_demo_data ${args[*]} $(hash_files tools/make_demo_data.py rawdenoise/demo.py rawdenoise/noise.py rawdenoise/raw.py "$("$VENV/bin/python" -c 'import sys; from rawdenoise.contest import resolve_contest_path as r; print(r(sys.argv[1]))' "$CONTEST")")"
+  stamp="make_demo_data ${args[*]} $(code_hash tools/make_demo_data.py)"
   if stamp_matches "$out/.done" "$stamp"; then
     echo "demo data up to date in $out"
     return
@@ -111,9 +115,7 @@ stage_data() {
 data_dir() { if [[ -n "$DATA" ]]; then echo "$DATA"; elif [[ -n "$FULL_SIZE" ]]; then echo work/demo-full; else echo work/demo; fi; }
 runs_suffix() { [[ "$(realpath -m "$(data_dir)")" == "$(realpath -m work/demo)" ]] || echo "-$(basename "$(realpath -m "$(data_dir)")")"; }
 run_dir() { echo "runs/$RECIPE$(runs_suffix)"; }
-patch_size() {  # twice the recipe's training crop: room for random crops and flips
-  "$VENV/bin/python" -c 'import sys, tomllib; print(2 * tomllib.load(open(sys.argv[1], "rb"))["data"]["crop"])' "configs/train/$RECIPE.toml"
-}
+patch_size() { pipeline patch-size "configs/train/$RECIPE.toml"; }
 # One store per data folder and patch size, so recipes with different crops never rebuild each other's.
 patch_store() { echo "work/patches/$(basename "$(cd "$(data_dir)" && pwd)")/p$(patch_size)"; }
 
@@ -125,7 +127,7 @@ score_entry() {  # NAME FOLDER PRED_DIR GT_DIR: score one entry onto the leaderb
   local stamp
   local inputs
   inputs="$(dirname "$gt")"  # the test inputs and noise.csv beside the ground truth: the per-level table reads them
-  stamp="score $name $pred $gt $CONTEST $(hash_tree "$pred" "$gt") $(hash_tree "$inputs" -maxdepth 2) $(hash_files tools/score.py rawdenoise/*.py)"
+  stamp="score $name $pred $gt $CONTEST $(hash_tree "$pred" "$gt") $(hash_tree "$inputs" -maxdepth 2) $(code_hash tools/score.py)"
   if stamp_matches "$out/.score.done" "$stamp" && [[ -f runs/leaderboard.sqlite ]]; then
     echo "$name: score up to date ($out/scores.csv)"
     return
@@ -143,7 +145,7 @@ stage_patches() {
   local crop
   crop="$(patch_size)"
   args=(--data "$data" --out "$store" --contest "$CONTEST" --crop "$crop" --step "$crop")
-  stamp="make_patches ${args[*]} $(hash_tree "$data") $(hash_files train/make_patches.py train/patch_store.py)"
+  stamp="make_patches ${args[*]} $(hash_tree "$data") $(code_hash train/make_patches.py)"
   if stamp_matches "$store/.done" "$stamp"; then
     echo "patch store up to date in $store"
     return
@@ -157,7 +159,7 @@ stage_train() {
   local run store stamp mode=--overwrite
   run="$(run_dir)"
   store="$(patch_store)"
-  stamp="train $RECIPE $CONTEST $(hash_files "configs/train/$RECIPE.toml" "$store/meta.json" train/*.py rawdenoise/models/*.py)"
+  stamp="train $RECIPE $CONTEST $(hash_files "$store/meta.json") $(code_hash train/train.py --also "configs/train/$RECIPE.toml")"
   if stamp_matches "$run/.train.done" "$stamp" && [[ -f "$run/model.pth" ]]; then
     echo "$run/model.pth up to date"
     return
@@ -178,9 +180,7 @@ stage_size() {
   "$VENV/bin/python" tools/check_model_size.py "$(run_dir)/model.pth" --contest "$CONTEST"
 }
 
-layout_folders() {  # the profile's test-input and test-ground-truth folder names
-  "$VENV/bin/python" -c 'import sys; from rawdenoise.contest import load_contest as l; c = l(sys.argv[1]).layout; print(c.test_noisy.folder, c.test_gt.folder)' "$CONTEST"
-}
+layout_folders() { pipeline layout "$CONTEST"; }  # the test inputs' and ground truth's folder names
 
 # The set scored locally: the data's own test set when it has ground truth (the demo does), else the
 # validation frames make_patches kept aside as a local test set (real contest data has no test GT).
@@ -196,7 +196,7 @@ scoring_root() {
 classical_entry() {
   local name="$1" script="$2" inputs="$3" folder stamp quiet=()
   folder="runs/$name$(runs_suffix)"
-  stamp="$name $CONTEST $(hash_tree "$inputs") $(hash_files "$script" rawdenoise/*.py)"
+  stamp="$name $CONTEST $(hash_tree "$inputs") $(code_hash "$script")"
   if stamp_matches "$folder/.predict.done" "$stamp" && [[ -d "$folder/result/data" ]]; then
     echo "$name: predictions up to date in $folder/result/data"
     return
@@ -224,7 +224,7 @@ stage_predict() {
         "--input $scoring/$noisy_folder --output runs/bm3d$(runs_suffix)/result/data --contest $CONTEST"
     fi
   fi
-  stamp="predict $RECIPE $CONTEST $(hash_tree "$(data_dir)/$noisy_folder" ${scoring:+"$scoring"}) $(hash_files "$run/model.pth" submission/predict.py rawdenoise/*.py rawdenoise/models/*.py)"
+  stamp="predict $RECIPE $CONTEST $(hash_tree "$(data_dir)/$noisy_folder" ${scoring:+"$scoring"}) $(hash_files "$run/model.pth" "$run/config.toml") $(code_hash submission/predict.py)"
   if stamp_matches "$run/.predict.done" "$stamp"; then
     echo "predictions up to date in $run/result/data"
     return
@@ -243,7 +243,7 @@ stage_pack() {
   local noisy_folder run stamp
   run="$(run_dir)"
   read -r noisy_folder _ <<<"$(layout_folders)"
-  stamp="pack $RECIPE $CONTEST $(hash_tree "$run/result/data" "$(data_dir)/$noisy_folder") $(hash_files "$run/model.pth" submission/pack.py)"
+  stamp="pack $RECIPE $CONTEST $(hash_tree "$run/result/data" "$(data_dir)/$noisy_folder") $(hash_files "$run/model.pth" "$run/config.toml") $(code_hash submission/pack.py)"
   if stamp_matches "$run/.pack.done" "$stamp" && [[ -f "$run/result.zip" ]]; then
     echo "$run/result.zip up to date"
     return
@@ -300,15 +300,9 @@ for stage in "${STAGES[@]}"; do
   current="$stage"
   selected "$stage" || continue
   echo "==> $stage"
+  if [[ "$stage" != setup && -z "$CONTEST" ]]; then CONTEST="$(pipeline default-contest)"; fi
   if [[ "$stage" != setup && -z "${CONTEST_CHECKED:-}" ]]; then  # a bad --contest: one clear line, no traceback
-    "$VENV/bin/python" -c 'import sys
-from rawdenoise.contest import load_contest
-from rawdenoise.errors import InputError
-try:
-    load_contest(sys.argv[1])
-except InputError as err:
-    print(f"run_all.sh: {err}", file=sys.stderr)
-    sys.exit(2)' "$CONTEST"
+    pipeline check-contest "$CONTEST" || exit 2  # its one line names the problem
     CONTEST_CHECKED=1
   fi
   start=$(date +%s.%N)

@@ -13,6 +13,7 @@ import sys
 import math
 from typing import Callable, Sequence
 
+from rawdenoise.contest import DEFAULT_CONTEST
 from rawdenoise.errors import InputError
 
 EXIT_INPUT_ERROR = 2
@@ -21,7 +22,7 @@ EXIT_INPUT_ERROR = 2
 def add_contest_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--contest",
-        default="zte2022",
+        default=DEFAULT_CONTEST,
         metavar="NAME|PATH",
         help="contest profile: a name in configs/contests/ or a path to a TOML file (default: %(default)s)",
     )
