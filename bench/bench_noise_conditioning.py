@@ -31,7 +31,8 @@ from rawdenoise.noise_estimate import estimate_noise_profile  # noqa: E402
 from rawdenoise.noise_levels import listed_levels, tagged_level  # noqa: E402
 from rawdenoise.raw import read  # noqa: E402
 from rawdenoise.tiling import infer  # noqa: E402
-from submission.predict import load_model  # noqa: E402
+from rawdenoise.run_folder import Run  # noqa: E402
+from submission.predict import run_model  # noqa: E402
 
 HARM = 0.05  # dB below the input that counts as harm
 SCALES = (0.5, 0.8, 1.25, 2.0)
@@ -45,7 +46,7 @@ def main() -> None:
     parser.add_argument("--contest", default="zte2022")
     args = parser.parse_args()
     contest = load_contest(args.contest)
-    model = load_model(Path(args.run), None, None, None, torch.device("cpu"))
+    model = run_model(Run.open(args.run), torch.device("cpu"))
     print(machine_line())
     if not is_noise_conditioned(model):
         print(f"{args.run}: a blind model; only the truth row is meaningful")

@@ -32,7 +32,8 @@ from rawdenoise.noise_estimate import frame_noise_profile  # noqa: E402
 from rawdenoise.precision import bf16_hardware  # noqa: E402
 from rawdenoise.raw import read  # noqa: E402
 from rawdenoise.tiling import infer  # noqa: E402
-from submission.predict import load_model  # noqa: E402
+from rawdenoise.run_folder import Run  # noqa: E402
+from submission.predict import run_model  # noqa: E402
 
 
 def best_time(fn, repeats: int) -> float:
@@ -53,7 +54,7 @@ def main() -> None:
     parser.add_argument("--contest", default="zte2022")
     args = parser.parse_args()
     contest = load_contest(args.contest)
-    model = load_model(Path(args.run), None, None, None, torch.device("cpu"))
+    model = run_model(Run.open(args.run), torch.device("cpu"))
     data, layout = Path(args.data), contest.layout
     noisy_files = layout.test_noisy.bare.find(data / layout.test_noisy.folder)
     gt_files = layout.test_gt.bare.find(data / layout.test_gt.folder)

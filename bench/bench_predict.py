@@ -30,7 +30,8 @@ from rawdenoise.models import is_noise_conditioned  # noqa: E402
 from rawdenoise.noise_estimate import frame_noise_profile  # noqa: E402
 from rawdenoise.raw import read, write_back  # noqa: E402
 from rawdenoise.tiling import adopt_radius  # noqa: E402
-from submission.predict import DEFAULT_TILE, denoise, load_model, predict_folder, run_recipe  # noqa: E402
+from rawdenoise.run_folder import Run  # noqa: E402
+from submission.predict import DEFAULT_TILE, denoise, predict_folder, run_model  # noqa: E402
 
 
 def best(fn, repeats: int) -> float:
@@ -54,9 +55,9 @@ def main() -> None:
     args = parser.parse_args()
     contest = load_contest(args.contest)
     run = Path(args.run)
-    model = load_model(run, None, None, None, torch.device("cpu"))
+    model = run_model(Run.open(run), torch.device("cpu"))
     adopt_radius(model, read_measured(run, run / "model.pth").get("receptive_radius"))
-    tta = args.tta if args.tta is not None else bool(run_recipe(run).get("predict", {}).get("tta", False))
+    tta = args.tta if args.tta is not None else Run.open(run).tta
     inputs = contest.layout.test_noisy.bare.find(Path(args.data) / contest.layout.test_noisy.folder)
     conditioned = is_noise_conditioned(model)
     tile = args.tile or None

@@ -18,7 +18,6 @@ if __name__ == "__main__":  # as a script, make the repository's packages import
 
 import argparse
 import json
-import tomllib
 import zipfile
 
 import numpy as np
@@ -30,6 +29,7 @@ from rawdenoise.errors import InputError
 from rawdenoise.files import atomic_path
 from rawdenoise.models import REGISTRY, source_file
 from rawdenoise.raw import check_levels, read
+from rawdenoise.run_folder import Run
 from rawdenoise.submission import open_submission
 
 
@@ -69,10 +69,10 @@ def check_predictions(inputs: dict[int, Path], data_dir: Path, contest) -> dict[
     return found
 
 
-def readme_text(run: Path, recipe: dict, params: int, weights_bytes: int, contest) -> str:
-    model, train, data = recipe["model"], recipe.get("train", {}), recipe.get("data", {})
+def readme_text(run: Run, params: int, weights_bytes: int, contest) -> str:
+    model, train, data = run.recipe["model"], run.recipe.get("train", {}), run.recipe.get("data", {})
     lines = [
-        f"# {run.name}: {model['name']}",
+        f"# {run.path.name}: {model['name']}",
         "",
         f"Raw Bayer denoiser for {contest.title}. The network predicts the noise residual (out = x + f(x)) on",
         "the mosaic packed into 4 channels (R, Gr, Gb, B), normalised by the black and white levels.",
@@ -98,43 +98,38 @@ def readme_text(run: Path, recipe: dict, params: int, weights_bytes: int, contes
     return "\n".join(lines) + "\n"
 
 
-def test_inputs_for(run: Path, recipe: dict, contest) -> Path:
+def test_inputs_for(run: Run, contest) -> Path:
     """The test inputs of the data the run was trained on, when --input is not given."""
-    store = recipe.get("data", {}).get("patches")
-    meta = Path(store) / "meta.json" if store else None
+    meta = run.patch_store / "meta.json" if run.patch_store else None
     if meta and meta.is_file():
         info = json.loads(meta.read_text())
         root = Path(info["local_test"]) if info.get("local_test") else Path(info["key"]["data"])
         return root / contest.layout.test_noisy.folder
-    raise InputError(f"{run}: cannot tell which test inputs to check against; pass --input DIR")
+    raise InputError(f"{run.path}: cannot tell which test inputs to check against; pass --input DIR")
 
 
-def pack_run(run: Path, contest, input_dir: Path | None = None, output: Path | None = None) -> Path:
-    config_path, weights = run / "config.toml", run / "model.pth"
-    if not config_path.is_file():
-        raise InputError(f"{run}: not a run folder (no config.toml)")
-    if not weights.is_file():
-        raise InputError(f"{weights}: no weights (has training finished?)")
-    recipe = tomllib.loads(config_path.read_text())
+def pack_run(run_path: Path, contest, input_dir: Path | None = None, output: Path | None = None) -> Path:
+    run = Run.open(run_path)
+    weights = run.finished_weights()
     size, limit = weights.stat().st_size, contest.submission.max_model_bytes
     if size > limit:
         raise InputError(f"{weights}: {size:,} bytes ({size / 1e6:.2f} MB) is over {contest.name}'s limit of {limit:,} bytes")
-    input_dir = input_dir or test_inputs_for(run, recipe, contest)
+    input_dir = input_dir or test_inputs_for(run, contest)
     inputs = contest.layout.test_noisy.bare.find(input_dir)
     if not inputs:
         raise InputError(f"{input_dir}: no test inputs")
-    predictions = check_predictions(inputs, run / contest.submission.data_dir, contest)
-    source = network_source(recipe["model"]["name"], recipe["model"].get("args", {}))
+    predictions = check_predictions(inputs, run.path / contest.submission.data_dir, contest)
+    source = network_source(run.model_name, run.model_args)
     params = check_network(source, weights)
     sub = contest.submission
-    output = output or run / "result.zip"
+    output = output or run.path / "result.zip"
     with atomic_path(output) as tmp:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
             for i, path in predictions.items():
                 zf.write(path, sub.member(i))
             zf.writestr(sub.network, source)
             zf.write(weights, sub.weights)
-            zf.writestr(sub.readme, readme_text(run, recipe, params, size, contest))
+            zf.writestr(sub.readme, readme_text(run, params, size, contest))
         check = open_submission(tmp, contest)  # read back as the scorer will
         if set(check.images) != set(predictions) or None in (check.network, check.weights, check.readme):
             raise RuntimeError(f"{tmp}: the written zip does not hold the expected members")

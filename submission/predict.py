@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import time
-import tomllib
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -35,6 +34,7 @@ from rawdenoise.files import replaced_folder
 from rawdenoise.models import build_model, is_noise_conditioned
 from rawdenoise.noise_estimate import frame_noise_profile
 from rawdenoise.measured import read_measured, update_measured
+from rawdenoise.run_folder import Run
 from rawdenoise.raw import check_writable, dihedral, pack, phase_offset, read, unpack, write_back
 from rawdenoise.tiff import locate_raw
 from rawdenoise.tiling import adopt_radius, infer, known_radius
@@ -70,29 +70,8 @@ def denoise(model: torch.nn.Module, packed: np.ndarray, tile: int | None, tta: b
     return (total / 8).astype(np.float32)
 
 
-def run_recipe(run: Path) -> dict:
-    """The resolved recipe a run folder was trained from (its config.toml)."""
-    config_path = run / "config.toml"
-    if not config_path.is_file():
-        raise InputError(f"{run}: not a run folder (no config.toml)")
-    return tomllib.loads(config_path.read_text())
-
-
-def load_model(run: Path | None, weights: Path | None, name: str | None, model_args: str | None, device,
-               with_weights_path: bool = False):  # fmt: skip
-    """The model of a run folder (its recipe, its model.pth unless `weights` names another file) or of
-    weights with a model name, on `device`, in eval mode; with `with_weights_path`, (model, weights file)."""
-    if run is not None:
-        recipe = run_recipe(run)
-        name, kwargs = recipe["model"]["name"], recipe["model"].get("args", {})
-        weights = weights or run / "model.pth"
-    else:
-        if not (weights and name):
-            raise InputError("give --run runs/X, or --weights W with --model NAME")
-        try:
-            kwargs = json.loads(model_args or "{}")
-        except json.JSONDecodeError as err:
-            raise InputError(f"--model-args is not JSON: {err}") from None
+def load_model(name: str, kwargs: dict, weights: Path, device) -> torch.nn.Module:
+    """The registered model `name`(**kwargs) with the state_dict in `weights`, on `device`, in eval mode."""
     if not weights.is_file():
         raise InputError(f"{weights}: no weights file (has training finished?)")
     model = build_model(name, **kwargs)
@@ -101,8 +80,29 @@ def load_model(run: Path | None, weights: Path | None, name: str | None, model_a
         model.load_state_dict(state)
     except Exception as err:  # a foreign or damaged file: torch raises many types
         raise InputError(f"{weights}: cannot load into {name}({kwargs}): {type(err).__name__}: {err}") from None
-    model = model.to(device).eval()
-    return (model, weights) if with_weights_path else model
+    return model.to(device).eval()
+
+
+def run_model(run: Run, device) -> torch.nn.Module:
+    """A run folder's model with its exported weights (model.pth)."""
+    return load_model(run.model_name, run.model_args, run.finished_weights(), device)
+
+
+def model_source(args) -> tuple[Run | None, str, dict, Path]:
+    """(the run folder or None, model name, its arguments, weights file) from predict's arguments: a run
+    folder (its model.pth unless --weights names another file), or --weights with --model."""
+    if args.run:
+        run = Run.open(args.run)
+        return run, run.model_name, run.model_args, Path(args.weights) if args.weights else run.weights
+    if not (args.weights and args.model):
+        raise InputError("give --run runs/X, or --weights W with --model NAME")
+    try:
+        kwargs = json.loads(args.model_args or "{}")
+    except json.JSONDecodeError as err:
+        raise InputError(f"--model-args is not JSON: {err}") from None
+    if not isinstance(kwargs, dict):
+        raise InputError(f"--model-args must be a JSON object, got {args.model_args}")
+    return None, args.model, kwargs, Path(args.weights)
 
 
 class _InPlace:
@@ -204,28 +204,27 @@ def main(argv=None) -> int:
             raise InputError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     device = cli.device_from(args.device)
-    run = Path(args.run) if args.run else None
-    model, weights = load_model(run, Path(args.weights) if args.weights else None, args.model, args.model_args, device,
-                                with_weights_path=True)  # fmt: skip
-    measured = read_measured(run, weights)  # facts measured on these very weights: bf16's cost, the tiles' margin
+    run, name, kwargs, weights = model_source(args)
+    model = load_model(name, kwargs, weights, device)
+    measured = read_measured(run.path if run else None, weights)  # facts measured on these very weights: bf16's cost, the tiles' margin
     chosen, why = precision.resolve(args.precision, device, measured)
     adopt_radius(model, measured.get("receptive_radius"))
     if args.output:
         output = Path(args.output)
     elif run is not None:
-        output = run / contest.submission.data_dir
+        output = run.path / contest.submission.data_dir
     else:
         raise InputError("--output is needed without --run")
     if args.tile < 0:
         raise InputError(f"--tile must be 0 (whole frames) or positive, got {args.tile}")
     start = time.perf_counter()
-    tta = args.tta if args.tta is not None else bool(run and run_recipe(run).get("predict", {}).get("tta", False))
+    tta = args.tta if args.tta is not None else bool(run and run.tta)
     written = predict_folder(model, Path(args.input), output, contest, args.tile or None, tta, not args.quiet,
                              args.noise, chosen)  # fmt: skip
     radius = known_radius(model)
-    if radius and run is not None and weights.resolve() == (run / "model.pth").resolve() and measured.get("receptive_radius") != radius:
+    if radius and run is not None and weights.resolve() == run.weights.resolve() and measured.get("receptive_radius") != radius:
         try:  # measured here (seconds a model): kept beside the weights so the next run reads it instead
-            update_measured(run, weights, {"receptive_radius": radius})
+            update_measured(run.path, weights, {"receptive_radius": radius})
         except OSError as err:  # a cache, not a result: a read-only run folder only means measuring again next time
             print(f"note: could not keep the measured receptive radius in {run}: {err.strerror or err}", file=sys.stderr)
     print(f"wrote {len(written)} predictions{' (test-time augmentation)' if tta else ''} to {output} "

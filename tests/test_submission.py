@@ -143,6 +143,11 @@ def test_predict_refuses_what_it_cannot_do_before_computing(demo, tmp_path):
     (run / "model.pth").unlink()
     result = tool("submission/predict.py", "--run", str(run), "--input", str(demo / "testset"))
     assert result.returncode == 2 and "model.pth" in result.stderr and "Traceback" not in result.stderr
+    (run / "config.toml").write_text("[train]\niterations = 3\n")  # a recipe that names no model
+    for script, extra in (("submission/predict.py", ("--input", str(demo / "testset"))), ("submission/pack.py", ())):
+        result = tool(script, "--run", str(run), *extra)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert "config.toml: not a trained recipe (KeyError: 'model')" in result.stderr
     run = make_run(tmp_path / "identity")
     testset = tmp_path / "testset"
     shutil.copytree(demo / "testset", testset)

@@ -25,7 +25,8 @@ from rawdenoise import cli, precision
 from rawdenoise.contest import load_contest
 from rawdenoise.errors import InputError
 from rawdenoise.measured import update_measured
-from submission.predict import load_model, run_recipe
+from rawdenoise.run_folder import Run
+from submission.predict import run_model
 from train.patch_store import validation_frames
 from train.train import measure_bf16
 
@@ -37,21 +38,21 @@ def main(argv=None) -> int:
     cli.add_contest_argument(parser)
     args = parser.parse_args(argv)
     contest = load_contest(args.contest)
-    run = Path(args.run)
-    store = run_recipe(run).get("data", {}).get("patches")
+    run = Run.open(args.run)
+    store = run.patch_store
     if not store:
-        raise InputError(f"{run}/config.toml: names no patch store (data.patches), so no validation frames")
+        raise InputError(f"{run.path}/config.toml: names no patch store (data.patches), so no validation frames")
     frames = validation_frames(store)
     if not frames:
         raise InputError(f"{store}: no validation frames to measure on")
     device = cli.device_from(args.device)
     if not precision.bf16_hardware(device):
         raise InputError(f"this {device.type.upper()} has no bf16 arithmetic: --precision auto keeps float32 here, nothing to measure")
-    model, weights = load_model(run, None, None, None, device, with_weights_path=True)
+    model = run_model(run, device)
     record = measure_bf16(model, frames, contest, device)
-    update_measured(run, weights, {"bf16": record})
+    update_measured(run.path, run.weights, {"bf16": record})
     verdict = "bf16" if record["cost_db"] <= precision.MAX_COST_DB else "fp32"
-    print(f"{run}: bf16 costs {record['cost_db']:+.4f} dB on {record['frames']} validation frames "
+    print(f"{run.path}: bf16 costs {record['cost_db']:+.4f} dB on {record['frames']} validation frames "
           f"(fp32 {record['psnr_fp32']:.4f} dB, bf16 {record['psnr_bf16']:.4f} dB); --precision auto will run {verdict}")
     return 0
 

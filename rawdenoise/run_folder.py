@@ -1,0 +1,64 @@
+"""A run folder as the stages after training see it: the recipe it was trained from and its weights.
+
+Training writes `runs/X/config.toml` (the resolved recipe) and `runs/X/model.pth`; predict, pack and the
+tools that measure a finished run all start from them, and refuse the same way what is not one.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from rawdenoise.errors import InputError
+
+
+@dataclass(frozen=True)
+class Run:
+    path: Path
+    recipe: dict
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Run":
+        """The run folder at `path`; an InputError naming it if it has no readable config.toml."""
+        path = Path(path)
+        config = path / "config.toml"
+        if not config.is_file():
+            raise InputError(f"{path}: not a run folder (no config.toml)")
+        try:
+            recipe = tomllib.loads(config.read_text())
+            model = recipe["model"]
+            str(model["name"]), dict(model.get("args", {}))
+        except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as err:
+            raise InputError(f"{config}: not a trained recipe ({type(err).__name__}: {err})") from None
+        return cls(path, recipe)
+
+    @property
+    def weights(self) -> Path:
+        """model.pth, the exported weights (checked by `finished_weights`)."""
+        return self.path / "model.pth"
+
+    def finished_weights(self) -> Path:
+        """model.pth, or an InputError if training has not written it yet."""
+        if not self.weights.is_file():
+            raise InputError(f"{self.weights}: no weights file (has training finished?)")
+        return self.weights
+
+    @property
+    def model_name(self) -> str:
+        return self.recipe["model"]["name"]
+
+    @property
+    def model_args(self) -> dict:
+        return dict(self.recipe["model"].get("args", {}))
+
+    @property
+    def tta(self) -> bool:
+        """The recipe's [predict] tta: predict's default for this run (off for a run from before it)."""
+        return bool(self.recipe.get("predict", {}).get("tta", False))
+
+    @property
+    def patch_store(self) -> Path | None:
+        """The patch store the run trained from (its recipe's data.patches), if it names one."""
+        store = self.recipe.get("data", {}).get("patches")
+        return Path(store) if store else None
