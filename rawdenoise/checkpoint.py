@@ -19,7 +19,7 @@ from collections import OrderedDict
 from typing import NamedTuple
 
 from rawdenoise.errors import InputError
-from rawdenoise.submission import READ_ERRORS, check_directory, shown
+from rawdenoise.submission_zip import READ_ERRORS, check_directory, shown
 
 MAX_PICKLE_BYTES = 1 << 20  # data.pkl; a 10-million-parameter convnext_unet's is 10.5 kB
 MAX_DEPTH = 32  # objects nested in data.pkl; in a state_dict's, 5

@@ -23,7 +23,7 @@ from rawdenoise.errors import InputError
 from rawdenoise.metrics import capped, frame_metrics, limit_threads_for_workers, psnr, summarise
 from rawdenoise.noise_levels import Level, listed_levels, tagged_level
 from rawdenoise.raw import check_levels, decode, read
-from rawdenoise.submission import SubmissionZip, open_submission
+from rawdenoise.submission_zip import SubmissionZip, open_submission
 
 CROP = 256  # mosaic pixels per side of the report's crops
 PREDICTION_SLACK = 1 << 20  # bytes a prediction may hold beyond its ground truth's size (and a quarter more)

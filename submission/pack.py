@@ -30,7 +30,7 @@ from rawdenoise.files import atomic_path
 from rawdenoise.models import REGISTRY, source_file
 from rawdenoise.raw import check_levels, read
 from rawdenoise.run_folder import Run
-from rawdenoise.submission import open_submission
+from rawdenoise.submission_zip import open_submission
 
 
 def network_source(name: str, model_args: dict) -> str:

@@ -28,7 +28,7 @@ from rawdenoise import InputError
 from rawdenoise.checkpoint import parameter_count
 from rawdenoise.contest import FilePattern
 from rawdenoise.demo import make_demo_dataset
-from rawdenoise.submission import MAX_TEXT_BYTES, open_submission
+from rawdenoise.submission_zip import MAX_TEXT_BYTES, open_submission
 from tests.test_score import NETWORK, ROOT, ZTE, predictions
 
 SUB = ZTE.submission

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import rawdenoise.submission as submission_module
+import rawdenoise.submission_zip as submission_module
 from rawdenoise import InputError
 from rawdenoise.contest import load_contest
 from rawdenoise.demo import make_demo_dataset
 from rawdenoise.leaderboard import Entry, ranked, record, ground_truth_key
 from rawdenoise.raw import read, write_back
 from rawdenoise.scoring import resolve, score_pairs, score_pairs_in_processes, totals
-from rawdenoise.submission import open_submission
+from rawdenoise.submission_zip import open_submission
 
 ROOT = Path(__file__).resolve().parent.parent
 ZTE = load_contest("zte2022")

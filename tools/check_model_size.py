@@ -10,11 +10,15 @@ Exit 0 when everything is within the limit, 1 when anything is over (a verdict, 
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":  # as a script, make the repository's packages importable the same way as tests do
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
 import argparse
 import io
 import json
-import sys
-from pathlib import Path
 
 import torch
 
