@@ -44,13 +44,14 @@ class NoiseLevel:
     a: float
     b: float
 
-    def variance(self, x: np.ndarray) -> np.ndarray:
-        return np.maximum(self.a * np.asarray(x, dtype=np.float64) + self.b, 0.0)
+    def variance(self, x: np.ndarray, dtype=np.float64) -> np.ndarray:
+        return np.maximum(self.a * np.asarray(x, dtype=dtype) + self.b, 0.0)
 
-    def sample(self, clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """clean + N(0, a*clean + b), unclipped float64 (clip and quantise with `quantise`)."""
-        clean = np.asarray(clean, dtype=np.float64)
-        return clean + np.sqrt(self.variance(clean)) * rng.standard_normal(clean.shape)
+    def sample(self, clean: np.ndarray, rng: np.random.Generator, dtype=np.float64) -> np.ndarray:
+        """clean + N(0, a*clean + b), unclipped, in `dtype` (float64 for the demo set's frames, float32
+        for training's re-noised samples); clip and quantise with `quantise` or `quantise_normalised`."""
+        clean = np.asarray(clean, dtype=dtype)
+        return clean + np.sqrt(self.variance(clean, dtype)) * rng.standard_normal(clean.shape, dtype=dtype)
 
 
 def noise_levels(a_range: tuple[float, float], b_range: tuple[float, float], types: int) -> list[NoiseLevel]:
@@ -75,6 +76,13 @@ def contest_noise_levels(contest) -> tuple[list[NoiseLevel], NoiseLevel]:
 def quantise(noisy: np.ndarray, black, white: int) -> np.ndarray:
     """Normalised noisy mosaic -> uint16 DN: clipped to [black, white] and rounded, as a sensor's ADC does."""
     return denormalise(np.clip(noisy, 0.0, 1.0), black, white)
+
+
+def quantise_normalised(noisy: np.ndarray, channel_black: np.ndarray, white: float) -> np.ndarray:
+    """The same for a packed (C, h, w) frame that stays normalised (float32), one black level per
+    channel: values clipped to [0, 1] and rounded to the nearest DN step."""
+    step = 1.0 / (white - np.asarray(channel_black, dtype=np.float32)[:, None, None])
+    return (np.round(np.clip(noisy, 0, 1) / step) * step).astype(np.float32)
 
 
 @dataclass(frozen=True)

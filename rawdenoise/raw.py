@@ -22,6 +22,9 @@ from rawdenoise.files import atomic_path, write_bytes_atomic
 from rawdenoise.tiff import RawLayout, locate_raw
 
 CHANNELS = ("R", "Gr", "Gb", "B")
+# A packed frame's channels R, Gr, Gb, B are exactly the 2x2 sites of an RGGB mosaic, whatever the
+# camera's CFA: the mosaic where flips and transposes act while keeping each channel's colour.
+CANONICAL_CFA = "RGGB"
 _CFA_CODES = {"R": 0, "G": 1, "B": 2}  # the DNG CFAPattern tag's colour codes
 
 
@@ -63,6 +66,16 @@ def unpack(packed: np.ndarray, cfa: str) -> np.ndarray:
     for k, (r, c) in enumerate(channel_positions(cfa)):
         mosaic[r::2, c::2] = packed[k]
     return mosaic
+
+
+def canonical_mosaic(packed: np.ndarray) -> np.ndarray:
+    """A packed frame as the mosaic its channels make in canonical order (CANONICAL_CFA)."""
+    return unpack(packed, CANONICAL_CFA)
+
+
+def pack_canonical(mosaic: np.ndarray) -> np.ndarray:
+    """The inverse of canonical_mosaic: a canonical (RGGB-phased) mosaic back to a packed frame."""
+    return pack(mosaic, CANONICAL_CFA)
 
 
 def dihedral(mosaic: np.ndarray, op: int, inverse: bool = False) -> np.ndarray:
@@ -122,6 +135,14 @@ def denormalise(x: np.ndarray, black, white: int) -> np.ndarray:
     for r in range(2):
         for c in range(2):
             _denormalise_site(x[r::2, c::2], grid[r, c], white, out[r::2, c::2])
+    return out
+
+
+def normalise_channels(dn: np.ndarray, black, white: float) -> np.ndarray:
+    """(C, h, w) DN, packed, with one black level per channel -> float32 (dn - black) / (white - black)."""
+    out = np.empty(dn.shape, dtype=np.float32)
+    for k in range(dn.shape[0]):
+        _normalise_site(dn[k], np.ravel(black)[k], white, out[k])
     return out
 
 
@@ -189,6 +210,15 @@ def check_levels(frame: RawFrame, where) -> None:
             f"{where}: {low} values below the black level and {high} above the white level {frame.white}; "
             "predictions must lie in [black, white]"
         )
+
+
+def check_prediction(pred: RawFrame, reference: RawFrame, where) -> None:
+    """What makes a prediction of a frame (its input or its ground truth) valid: the reference's shape,
+    and every value in [black, white]. Read both with the contest profile, which makes their CFA and
+    levels the profile's (and so each other's)."""
+    if pred.mosaic.shape != reference.mosaic.shape:
+        raise InputError(f"{where}: shape {pred.mosaic.shape} differs from {reference.path.name}'s {reference.mosaic.shape}")
+    check_levels(pred, where)
 
 
 def read(path: str | os.PathLike, contest=None, layout: RawLayout | None = None) -> RawFrame:

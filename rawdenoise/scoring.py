@@ -22,7 +22,7 @@ from rawdenoise.contest import load_contest
 from rawdenoise.errors import InputError
 from rawdenoise.metrics import capped, frame_metrics, limit_threads_for_workers, psnr, summarise
 from rawdenoise.noise_levels import Level, listed_levels, tagged_level
-from rawdenoise.raw import check_levels, decode, read
+from rawdenoise.raw import check_prediction, decode, read
 from rawdenoise.submission_zip import SubmissionZip, open_submission
 
 CROP = 256  # mosaic pixels per side of the report's crops
@@ -154,9 +154,7 @@ def load_pair(pair: Pair, contest, with_noisy: bool = False) -> LoadedPair:
     """Read and check one pair: the prediction must match its ground truth's shape and lie in [black, white]."""
     gt = read(pair.gt, contest)
     pred = _read_prediction(pair, contest)
-    if pred.mosaic.shape != gt.mosaic.shape:
-        raise InputError(f"{pair.where}: shape {pred.mosaic.shape} differs from {pair.gt.name}'s {gt.mosaic.shape}")
-    check_levels(pred, pair.where)
+    check_prediction(pred, gt, pair.where)
     noisy = read(pair.noisy, contest) if with_noisy and pair.noisy is not None else None
     return LoadedPair(pair, gt, pred, noisy)
 

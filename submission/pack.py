@@ -20,7 +20,6 @@ import argparse
 import json
 import zipfile
 
-import numpy as np
 import torch
 
 from rawdenoise import cli
@@ -28,7 +27,7 @@ from rawdenoise.contest import load_contest
 from rawdenoise.errors import InputError
 from rawdenoise.files import atomic_path
 from rawdenoise.models import REGISTRY, source_file
-from rawdenoise.raw import check_levels, read
+from rawdenoise.raw import check_prediction, read
 from rawdenoise.run_folder import Run
 from rawdenoise.submission_zip import open_submission
 
@@ -59,13 +58,8 @@ def check_predictions(inputs: dict[int, Path], data_dir: Path, contest) -> dict[
     output = contest.submission.output
     found = output.find(data_dir) if data_dir.is_dir() else {}
     output.check_matches(inputs, found, data_dir, "a test input")
-    for i, path in found.items():
-        source, pred = read(inputs[i], contest), read(path, contest)
-        if pred.mosaic.shape != source.mosaic.shape:
-            raise InputError(f"{path}: shape {pred.mosaic.shape}, its input {inputs[i].name} is {source.mosaic.shape}")
-        if pred.cfa != source.cfa or not np.array_equal(pred.black, source.black) or pred.white != source.white:
-            raise InputError(f"{path}: CFA or levels differ from its input {inputs[i].name}")
-        check_levels(pred, path)
+    for i, path in found.items():  # with the profile, read refuses another CFA or other levels
+        check_prediction(read(path, contest), read(inputs[i], contest), path)
     return found
 
 

@@ -35,11 +35,10 @@ from rawdenoise.models import build_model, is_noise_conditioned
 from rawdenoise.noise_estimate import frame_noise_profile
 from rawdenoise.measured import read_measured, update_measured
 from rawdenoise.run_folder import Run
-from rawdenoise.raw import check_writable, dihedral, pack, phase_offset, read, unpack, write_back
+from rawdenoise.raw import canonical_mosaic, check_writable, dihedral, pack_canonical, phase_offset, read, write_back
 from rawdenoise.tiff import locate_raw
 from rawdenoise.tiling import adopt_radius, infer, known_radius
 
-CANONICAL = "RGGB"  # the packed order R, Gr, Gb, B as a mosaic, as training augmented it
 DEFAULT_TILE = 512  # packed pixels, at most: the whole predict process under 1 GB on a contest frame at the whole
 # frame's speed with the baseline U-Net and a trained-like margin (bench/bench_predict_frame.py)
 
@@ -48,14 +47,14 @@ def _forward(packed: np.ndarray, op: int) -> np.ndarray:
     """One of the 8 flips/transposes of a packed frame, done on its mosaic with the CFA phase kept:
     a mirrored axis is first padded by one site each side (mirror padding keeps each site's colour)."""
     py, px = phase_offset(op)
-    mosaic = np.pad(dihedral(unpack(packed, CANONICAL), op), ((py, py), (px, px)), mode="reflect")
-    return pack(mosaic, CANONICAL)
+    mosaic = np.pad(dihedral(canonical_mosaic(packed), op), ((py, py), (px, px)), mode="reflect")
+    return pack_canonical(mosaic)
 
 
 def _backward(packed: np.ndarray, op: int) -> np.ndarray:
     py, px = phase_offset(op)
-    mosaic = unpack(packed, CANONICAL)[py : packed.shape[1] * 2 - py, px : packed.shape[2] * 2 - px]
-    return pack(np.ascontiguousarray(dihedral(mosaic, op, inverse=True)), CANONICAL)
+    mosaic = canonical_mosaic(packed)[py : packed.shape[1] * 2 - py, px : packed.shape[2] * 2 - px]
+    return pack_canonical(np.ascontiguousarray(dihedral(mosaic, op, inverse=True)))
 
 
 def denoise(model: torch.nn.Module, packed: np.ndarray, tile: int | None, tta: bool = False, noise=None,

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 from rawdenoise.errors import InputError
-from rawdenoise.raw import dihedral, pack, phase_offset, unpack
+from rawdenoise.noise import NoiseLevel, quantise_normalised
+from rawdenoise.raw import canonical_mosaic, dihedral, normalise_channels, pack_canonical, phase_offset
 from train.patch_store import load_meta, load_profiles
 
 LEVEL_SPREAD = 0.25  # how far b's place in its range may stray from a's in a synthetic level
-CANONICAL = "RGGB"  # packed order R, Gr, Gb, B is exactly an RGGB mosaic's 2x2 sites
 
 
 def bayer_augment(packed: np.ndarray, op: int, crop: int) -> np.ndarray:
@@ -43,8 +43,8 @@ def bayer_augment(packed: np.ndarray, op: int, crop: int) -> np.ndarray:
     dy, dx = phase_offset(op)
     out = []
     for g in range(0, packed.shape[0], 4):
-        mosaic = dihedral(unpack(packed[g : g + 4], CANONICAL), op)
-        out.append(pack(np.ascontiguousarray(mosaic[dy : dy + 2 * crop, dx : dx + 2 * crop]), CANONICAL))
+        mosaic = dihedral(canonical_mosaic(packed[g : g + 4]), op)
+        out.append(pack_canonical(np.ascontiguousarray(mosaic[dy : dy + 2 * crop, dx : dx + 2 * crop])))
     return np.concatenate(out)
 
 
@@ -62,7 +62,7 @@ class PatchSamples(torch.utils.data.Dataset):
             )
         self.crop, self.global_batch, self.seed, self.augment = crop, global_batch, seed, augment
         self.patches = int(meta["patches"])
-        self.black = np.array(meta["black"], dtype=np.float32)[:, None, None]
+        self.channel_black = np.array(meta["black"], dtype=np.float32)  # per packed channel, R Gr Gb B
         self.white = float(meta["white"])
         self.extra_noise = extra_noise
         self.noise_range = noise_range  # ((a_lo, a_hi), (b_lo, b_hi)) for synthetic noise
@@ -83,9 +83,6 @@ class PatchSamples(torch.utils.data.Dataset):
             )
         return self._arrays
 
-    def normalise(self, dn: np.ndarray) -> np.ndarray:
-        return (dn.astype(np.float32) - self.black) / (self.white - self.black)
-
     def __getitem__(self, key: int):
         step, i = divmod(int(key), self.global_batch)
         rng = np.random.default_rng([self.seed, step, i])
@@ -97,7 +94,8 @@ class PatchSamples(torch.utils.data.Dataset):
         pair = np.concatenate([noisy_arr[k][window], gt_arr[k][window]])
         op = int(rng.integers(8)) if self.augment else 0
         pair = bayer_augment(pair, op, self.crop)
-        noisy, gt = self.normalise(pair[:4]), self.normalise(pair[4:])
+        noisy = normalise_channels(pair[:4], self.channel_black, self.white)
+        gt = normalise_channels(pair[4:], self.channel_black, self.white)
         profile = self.profiles[k]
         if self.extra_noise and rng.random() < self.extra_noise:
             profile = self.synthetic_level(rng)
@@ -118,10 +116,8 @@ class PatchSamples(torch.utils.data.Dataset):
 
     def synthetic(self, gt: np.ndarray, profile: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """A fresh noisy input from the noise model at `profile`, clipped and rounded as a sensor's are."""
-        a, b = (float(v) for v in profile)
-        noisy = gt + np.sqrt(np.maximum(a * gt + b, 0)) * rng.standard_normal(gt.shape, dtype=np.float32)
-        step = 1.0 / (self.white - self.black)
-        return (np.round(np.clip(noisy, 0, 1) / step) * step).astype(np.float32)
+        noisy = NoiseLevel(*(float(v) for v in profile)).sample(gt, rng, dtype=np.float32)
+        return quantise_normalised(noisy, self.channel_black, self.white)
 
 
 class StepSampler(torch.utils.data.Sampler):
