@@ -30,6 +30,7 @@ from rawdenoise.models import REGISTRY, source_file
 from rawdenoise.raw import check_prediction, read
 from rawdenoise.run_folder import Run
 from rawdenoise.submission_zip import open_submission
+from submission.predict import read_manifest
 
 
 def network_source(name: str, model_args: dict) -> str:
@@ -92,14 +93,13 @@ def readme_text(run: Run, params: int, weights_bytes: int, contest) -> str:
     return "\n".join(lines) + "\n"
 
 
-def test_inputs_for(run: Run, contest) -> Path:
-    """The test inputs of the data the run was trained on, when --input is not given."""
-    meta = run.patch_store / "meta.json" if run.patch_store else None
-    if meta and meta.is_file():
-        info = json.loads(meta.read_text())
-        root = Path(info["local_test"]) if info.get("local_test") else Path(info["key"]["data"])
-        return root / contest.layout.test_noisy.folder
-    raise InputError(f"{run.path}: cannot tell which test inputs to check against; pass --input DIR")
+def inputs_predicted(run: Run, contest) -> Path:
+    """The test inputs the run's predictions were made from (their manifest says), when --input is not given."""
+    manifest = read_manifest(run.path / contest.submission.data_dir)
+    if manifest is None:
+        raise InputError(f"{run.path}: its predictions have no manifest naming their inputs (predicted by an "
+                         "older predict.py?); pass --input DIR")  # fmt: skip
+    return Path(manifest["inputs"])
 
 
 def pack_run(run_path: Path, contest, input_dir: Path | None = None, output: Path | None = None) -> Path:
@@ -108,7 +108,7 @@ def pack_run(run_path: Path, contest, input_dir: Path | None = None, output: Pat
     size, limit = weights.stat().st_size, contest.submission.max_model_bytes
     if size > limit:
         raise InputError(f"{weights}: {size:,} bytes ({size / 1e6:.2f} MB) is over {contest.name}'s limit of {limit:,} bytes")
-    input_dir = input_dir or test_inputs_for(run, contest)
+    input_dir = input_dir or inputs_predicted(run, contest)
     inputs = contest.layout.test_noisy.bare.find(input_dir)
     if not inputs:
         raise InputError(f"{input_dir}: no test inputs")
@@ -133,7 +133,8 @@ def pack_run(run_path: Path, contest, input_dir: Path | None = None, output: Pat
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Validate a run's predictions and weights and write the submission zip.")
     parser.add_argument("--run", required=True, help="run folder: config.toml, model.pth and result/data/")
-    parser.add_argument("--input", help="the test inputs to check against (default: those of the run's data)")
+    parser.add_argument("--input", help="the test inputs to check against (default: those the predictions were "
+                                        "made from, as their manifest says)")
     parser.add_argument("--output", help="zip to write (default: RUN/result.zip)")
     cli.add_contest_argument(parser)
     return parser

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from rawdenoise import cli, precision
 from rawdenoise.contest import load_contest
 from rawdenoise.errors import InputError
-from rawdenoise.files import replaced_folder
+from rawdenoise.files import atomic_path, replaced_folder
 from rawdenoise.models import build_model, is_noise_conditioned
 from rawdenoise.noise_estimate import frame_noise_profile
 from rawdenoise.measured import read_measured, update_measured
@@ -133,6 +133,33 @@ def _io_executor(model):
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict-io") if spare_core else _InPlace()
 
 
+def manifest_path(output_dir: Path) -> Path:
+    """Where a prediction set's manifest lies: beside the set's folder (which holds only predictions),
+    named after it: runs/X/result/data -> runs/X/result/data.manifest.json."""
+    output_dir = Path(output_dir)
+    return output_dir.with_name(output_dir.name + ".manifest.json")
+
+
+def write_manifest(output_dir: Path, facts: dict) -> None:
+    """What a finished prediction set was made from (its inputs, model, settings): the later stages read
+    it (pack, for the inputs to check against) instead of reaching into training's files."""
+    with atomic_path(manifest_path(output_dir)) as tmp:
+        tmp.write_text(json.dumps(facts, indent=2) + "\n")
+
+
+def read_manifest(output_dir: Path) -> dict | None:
+    """The manifest predict wrote beside a prediction set, or None if it has none."""
+    path = manifest_path(output_dir)
+    if not path.is_file():
+        return None
+    try:
+        facts = json.loads(path.read_text())
+        str(facts["inputs"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise InputError(f"{path}: not a prediction manifest ({type(err).__name__}: {err}); predict again") from None
+    return facts
+
+
 def predict_folder(model, input_dir: Path, output_dir: Path, contest, tile: int | None, tta: bool, progress: bool,
                    noise="auto", precision: str = "fp32") -> list[Path]:  # fmt: skip
     """Every test input -> its prediction in output_dir. The set is written to a staging folder that
@@ -220,6 +247,14 @@ def main(argv=None) -> int:
     tta = args.tta if args.tta is not None else bool(run and run.tta)
     written = predict_folder(model, Path(args.input), output, contest, args.tile or None, tta, not args.quiet,
                              args.noise, chosen)  # fmt: skip
+    try:  # a record for the later stages (pack's default inputs); the predictions are complete without it
+        write_manifest(output, {
+            "inputs": str(Path(args.input).resolve()), "frames": len(written), "contest": contest.name,
+            "model": {"name": name, "args": kwargs, "weights": str(weights.resolve())},
+            "tile": args.tile or None, "tta": tta, "precision": chosen, "noise": args.noise,
+        })  # fmt: skip
+    except OSError as err:
+        print(f"note: could not write {manifest_path(output)}: {err.strerror or err}; pack will need --input", file=sys.stderr)
     radius = known_radius(model)
     if radius and run is not None and weights.resolve() == run.weights.resolve() and measured.get("receptive_radius") != radius:
         try:  # measured here (seconds a model): kept beside the weights so the next run reads it instead

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -164,8 +165,14 @@ def test_predict_refuses_what_it_cannot_do_before_computing(demo, tmp_path):
 def test_pack_writes_exactly_the_contest_layout_and_the_network_loads(demo, tmp_path):
     run = make_run(tmp_path / "run", head_std=0.05)
     assert tool("submission/predict.py", "--run", str(run), "--input", str(demo / "testset")).returncode == 0
-    result = tool("submission/pack.py", "--run", str(run), "--input", str(demo / "testset"))
+    manifest = json.loads((run / "result" / "data.manifest.json").read_text())  # what the set was made from
+    assert manifest["inputs"] == str((demo / "testset").resolve()) and manifest["frames"] == len(list((demo / "testset").iterdir()))
+    assert manifest["model"]["name"] == "unet" and manifest["tile"] == 512 and manifest["tta"] is False
+    result = tool("submission/pack.py", "--run", str(run))  # the inputs to check against: the manifest's
     assert result.returncode == 0, result.stderr
+    (run / "result" / "data.manifest.json").unlink()
+    result = tool("submission/pack.py", "--run", str(run))
+    assert result.returncode == 2 and "pass --input" in result.stderr
     with zipfile.ZipFile(run / "result.zip") as zf:
         names = set(zf.namelist())
         n = len(list((demo / "testset").iterdir()))
