@@ -142,9 +142,9 @@ stage_patches() {
   local data store stamp args
   data="$(data_dir)"
   store="$(patch_store)"
-  local crop
-  crop="$(patch_size)"
-  args=(--data "$data" --out "$store" --contest "$CONTEST" --crop "$crop" --step "$crop")
+  local size
+  size="$(patch_size)"
+  args=(--data "$data" --out "$store" --contest "$CONTEST" --patch-size "$size" --step "$size")
   stamp="make_patches ${args[*]} $(hash_tree "$data") $(code_hash train/make_patches.py)"
   if stamp_matches "$store/.done" "$stamp"; then
     echo "patch store up to date in $store"

@@ -102,7 +102,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         demo = make_demo_dataset(Path(tmp) / "demo", contest, progress=False)
         crop = recipe["data"]["crop"]
-        store = make_patch_store(demo, Path(tmp) / "patches", contest, PatchOptions(crop=2 * crop, step=2 * crop), False)
+        store = make_patch_store(demo, Path(tmp) / "patches", contest, PatchOptions(patch_size=2 * crop, step=2 * crop), False)
         meta = load_meta(store)
         warm = 10  # steps before timing starts; the log has a row every 10 steps
         ours = our_loop(Path(args.recipe), store, args.steps, warm)

@@ -102,7 +102,7 @@ def test_outputs_in_a_read_only_folder_exit_2_and_write_nothing(demo, run, tmp_p
         "predict": ("submission/predict.py", "--run", str(run), "--input", noisy, "--output", str(locked / "out"), "--quiet"),
         "bilateral": ("tools/bilateral.py", "--input", noisy, "--output", str(locked / "out"), "--quiet"),
         "pack": ("submission/pack.py", "--run", str(run), "--input", noisy, "--output", str(locked / "r.zip")),
-        "make_patches": ("train/make_patches.py", "--data", str(demo), "--out", str(locked / "p"), "--crop", "16", "--quiet"),
+        "make_patches": ("train/make_patches.py", "--data", str(demo), "--out", str(locked / "p"), "--patch-size", "16", "--quiet"),
         "make_demo_data": ("tools/make_demo_data.py", "--out", str(locked / "demo"), "--size", "64x64", "--quiet"),
     }
     with read_only(locked):

@@ -20,7 +20,7 @@ def demo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def store(demo, tmp_path_factory):
-    return make_patch_store(demo, tmp_path_factory.mktemp("p") / "demo", ZTE, PatchOptions(crop=40, step=32), False)
+    return make_patch_store(demo, tmp_path_factory.mktemp("p") / "demo", ZTE, PatchOptions(patch_size=40, step=32), False)
 
 
 def test_positions_cover_the_frame_with_shift_and_not_with_drop():
@@ -36,7 +36,7 @@ def test_store_holds_packed_dn_patches_of_the_training_frames_only(demo, store):
     assert noisy.shape == gt.shape == (meta["patches"], 4, 40, 40) and noisy.dtype == np.uint16
     val = {v["index"] for v in meta["val_frames"]}
     assert val and not val & set(meta["train_frames"])  # split by whole frame
-    assert meta["black"] == [1024] * 4 and meta["white"] == 16383
+    assert meta["channel_black"] == [1024] * 4 and meta["white"] == 16383
     # the first patch is the top-left corner of the first training frame, packed
     from rawdenoise.raw import pack, read
 
@@ -46,11 +46,11 @@ def test_store_holds_packed_dn_patches_of_the_training_frames_only(demo, store):
 
 
 def test_store_is_deterministic_and_a_rerun_keeps_it(demo, store, tmp_path):
-    again = make_patch_store(demo, tmp_path / "again", ZTE, PatchOptions(crop=40, step=32), False)
+    again = make_patch_store(demo, tmp_path / "again", ZTE, PatchOptions(patch_size=40, step=32), False)
     for name in ("train_noisy.npy", "train_gt.npy", "index.csv"):
         assert (store / name).read_bytes() == (again / name).read_bytes()
     before = (again / "train_gt.npy").stat().st_mtime_ns
-    make_patch_store(demo, again, ZTE, PatchOptions(crop=40, step=32), False)
+    make_patch_store(demo, again, ZTE, PatchOptions(patch_size=40, step=32), False)
     assert (again / "train_gt.npy").stat().st_mtime_ns == before, "complete work was redone"
 
 
@@ -60,7 +60,7 @@ def test_data_without_test_ground_truth_keeps_validation_frames_as_a_local_test_
     data = tmp_path / "contest"
     shutil.copytree(demo / "noisy", data / "noisy")
     shutil.copytree(demo / "ground truth", data / "ground truth")
-    out = make_patch_store(data, tmp_path / "p", ZTE, PatchOptions(crop=40, step=64, val_frames=2), False)
+    out = make_patch_store(data, tmp_path / "p", ZTE, PatchOptions(patch_size=40, step=64, val_frames=2), False)
     local = load_meta(out)["local_test"]
     assert local and len(ZTE.layout.test_noisy.find(local)) == len(ZTE.layout.test_gt.find(local)) == 2
 
@@ -113,7 +113,7 @@ def test_the_index_carries_each_pairs_true_profile_from_the_best_source(demo, st
         frame = read(demo / relative, ZTE)
         (data / relative).parent.mkdir(parents=True, exist_ok=True)
         write_dng(data / relative, frame.mosaic, frame.cfa, frame.black, frame.white)
-    fitted = make_patch_store(data, tmp_path / "s", ZTE, PatchOptions(crop=40, step=32, seed=0), False)
+    fitted = make_patch_store(data, tmp_path / "s", ZTE, PatchOptions(patch_size=40, step=32, seed=0), False)
     with open(fitted / "index.csv", newline="") as f:
         fitted_rows = {r["noisy"]: r for r in csv.DictReader(f)}
     assert {r["noise_source"] for r in fitted_rows.values()} == {"pair fit"}
@@ -158,7 +158,7 @@ def test_cli_runs_as_a_script_and_refuses_bad_data(demo, tmp_path):
 
     script = Path(__file__).resolve().parent.parent / "train" / "make_patches.py"
     ok = subprocess.run([sys.executable, str(script), "--data", str(demo), "--out", str(tmp_path / "s"), "--quiet",
-                         "--crop", "48"], capture_output=True, text=True)  # fmt: skip
+                         "--patch-size", "48"], capture_output=True, text=True)  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     assert "patches of 48x48" in ok.stdout
     bad = subprocess.run([sys.executable, str(script), "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "t")],

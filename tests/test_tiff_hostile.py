@@ -226,7 +226,7 @@ def test_make_patches_cli_names_a_hostile_training_frame(bases, tmp_path):
     target = ZTE.layout.train_noisy.path(data, 1)
     shutil.move(hostile, target)
     command = [sys.executable, "train/make_patches.py", "--data", str(data), "--out", str(tmp_path / "store")]
-    command += ["--crop", "16", "--val-frames", "0", "--quiet"]
+    command += ["--patch-size", "16", "--val-frames", "0", "--quiet"]
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     _one_error_line(result, target)
     assert "needs 134217728 tiles" in result.stderr

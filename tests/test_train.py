@@ -25,7 +25,7 @@ TINY = ROOT / "configs" / "train" / "tiny.toml"
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     demo = make_demo_dataset(tmp_path_factory.mktemp("d") / "demo", ZTE, size=(128, 192), progress=False)
-    return make_patch_store(demo, tmp_path_factory.mktemp("p") / "demo", ZTE, PatchOptions(crop=40, step=48), False)
+    return make_patch_store(demo, tmp_path_factory.mktemp("p") / "demo", ZTE, PatchOptions(patch_size=40, step=48), False)
 
 
 def train(store, run: Path, *extra: str, launcher=(sys.executable,)) -> subprocess.CompletedProcess:

@@ -55,14 +55,14 @@ class PatchSamples(torch.utils.data.Dataset):
                  extra_noise: float = 0.0, noise_range: tuple | None = None, noise_jitter: float = 0.0):  # fmt: skip
         self.store = Path(store)
         meta = load_meta(self.store)
-        if crop + 1 > meta["crop"]:
+        if crop + 1 > meta["patch_size"]:
             raise InputError(
                 f"{store}: data.crop {crop} needs patches of at least {crop + 1} packed pixels; the store has "
-                f"{meta['crop']} (cut a store with train/make_patches.py --crop {2 * crop})"
+                f"{meta['patch_size']} (cut a store with train/make_patches.py --patch-size {2 * crop})"
             )
         self.crop, self.global_batch, self.seed, self.augment = crop, global_batch, seed, augment
         self.patches = int(meta["patches"])
-        self.channel_black = np.array(meta["black"], dtype=np.float32)  # per packed channel, R Gr Gb B
+        self.channel_black = np.array(meta["channel_black"], dtype=np.float32)  # per packed channel, R Gr Gb B
         self.white = float(meta["white"])
         self.extra_noise = extra_noise
         self.noise_range = noise_range  # ((a_lo, a_hi), (b_lo, b_hi)) for synthetic noise

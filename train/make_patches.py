@@ -1,6 +1,6 @@
 """Cut a data folder's training pairs into a patch store (see train/patch_store.py for the layout).
 
-    python train/make_patches.py --data work/demo [--out work/patches/demo] [--crop 128] [--step 128]
+    python train/make_patches.py --data work/demo [--out work/patches/demo] [--patch-size 128] [--step 128]
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--data", required=True, help="data folder in the contest's layout (e.g. work/demo)")
     parser.add_argument("--out", help="store folder (default: work/patches/<data folder name>)")
-    parser.add_argument("--crop", type=int, default=defaults.crop, help="patch side in packed pixels (default: %(default)s)")
+    parser.add_argument("--patch-size", type=int, default=defaults.patch_size,
+                        help="patch side in packed pixels; training crops inside it (default: %(default)s)")  # fmt: skip
     parser.add_argument("--step", type=int, default=defaults.step, help="stride between patches (default: %(default)s)")
     parser.add_argument(
         "--edge", choices=("shift", "drop"), default=defaults.edge,
@@ -44,12 +45,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     contest = load_contest(args.contest)
     out = Path(args.out) if args.out else Path("work/patches") / Path(args.data).resolve().name
-    options = PatchOptions(args.crop, args.step, args.edge, args.val_frames, args.seed)
+    options = PatchOptions(args.patch_size, args.step, args.edge, args.val_frames, args.seed)
     start = time.perf_counter()
     make_patch_store(args.data, out, contest, options, progress=not args.quiet)
     meta = load_meta(out)
     print(
-        f"{out}: {meta['patches']} patches of {meta['crop']}x{meta['crop']} packed pixels from "
+        f"{out}: {meta['patches']} patches of {meta['patch_size']}x{meta['patch_size']} packed pixels from "
         f"{len(meta['train_frames'])} frames, {len(meta['val_frames'])} validation frames kept whole "
         f"({time.perf_counter() - start:.1f} s)"
         + (f"; local test set in {meta['local_test']}" if meta["local_test"] else "")

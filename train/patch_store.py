@@ -36,7 +36,7 @@ from rawdenoise.raw import pack, read
 from rawdenoise.tiff import locate_raw
 
 META = "meta.json"
-FORMAT = 2  # 2: index.csv carries each pair's noise profile
+FORMAT = 3  # 2: index.csv carries each pair's noise profile; 3: meta names patch_size and channel_black
 NOISE_CSV = "noise.csv"  # at the data folder's root: split, index, noisy, gt, ..., a, b (make_demo_data writes one)
 
 
@@ -45,26 +45,26 @@ INDEX_COLUMNS = ["patch", "frame", "noisy", "gt", "top", "left", "noise_std", "a
 
 @dataclass(frozen=True)
 class PatchOptions:
-    crop: int = 128  # packed pixels per side (a 256 x 256 mosaic window)
+    patch_size: int = 128  # packed pixels per side (a 256 x 256 mosaic window); training crops inside it
     step: int = 128
     edge: str = "shift"  # "shift": one more patch flush with each far edge; "drop": only whole steps
     val_frames: int | None = None  # default: a tenth of the frames, at least one
     seed: int = 0
 
     def check(self) -> None:
-        if self.crop < 8 or self.step < 1:
-            raise InputError(f"crop must be at least 8 and step at least 1, got crop {self.crop}, step {self.step}")
+        if self.patch_size < 8 or self.step < 1:
+            raise InputError(f"patch size must be at least 8 and step at least 1, got {self.patch_size} and {self.step}")
         if self.edge not in ("shift", "drop"):
             raise InputError(f"edge must be 'shift' or 'drop', got {self.edge!r}")
 
 
-def positions(length: int, crop: int, step: int, edge: str) -> list[int]:
+def positions(length: int, side: int, step: int, edge: str) -> list[int]:
     """Patch origins along one packed axis."""
-    if length < crop:
+    if length < side:
         return []
-    starts = list(range(0, length - crop + 1, step))
-    if edge == "shift" and starts[-1] != length - crop:
-        starts.append(length - crop)
+    starts = list(range(0, length - side + 1, step))
+    if edge == "shift" and starts[-1] != length - side:
+        starts.append(length - side)
     return starts
 
 
@@ -153,18 +153,18 @@ def make_patch_store(data: str | Path, out: str | Path, contest, options: PatchO
     for i in train:
         layout = locate_raw(noisy_files[i])
         shapes[i] = (layout.height // 2, layout.width // 2)
-    grid = {i: [(t, l) for t in positions(h, options.crop, options.step, options.edge)
-                for l in positions(w, options.crop, options.step, options.edge)] for i, (h, w) in shapes.items()}  # fmt: skip
+    grid = {i: [(t, l) for t in positions(h, options.patch_size, options.step, options.edge)
+                for l in positions(w, options.patch_size, options.step, options.edge)] for i, (h, w) in shapes.items()}  # fmt: skip
     total = sum(len(g) for g in grid.values())
     if total == 0:
-        raise InputError(f"{data}: no training frame is large enough for {options.crop}-pixel packed patches")
+        raise InputError(f"{data}: no training frame is large enough for {options.patch_size}-pixel packed patches")
 
     listed = _listed_profiles(data)
     out.mkdir(parents=True, exist_ok=True)
     meta_path.unlink(missing_ok=True)  # from here on the folder is incomplete until meta.json returns
     black = white = None
     rows = []
-    shape = (total, 4, options.crop, options.crop)
+    shape = (total, 4, options.patch_size, options.patch_size)
     with atomic_path(out / "train_noisy.npy") as tmp_noisy, atomic_path(out / "train_gt.npy") as tmp_gt:
         noisy_arr = np.lib.format.open_memmap(tmp_noisy, mode="w+", dtype=np.uint16, shape=shape)
         gt_arr = np.lib.format.open_memmap(tmp_gt, mode="w+", dtype=np.uint16, shape=shape)
@@ -179,7 +179,7 @@ def make_patch_store(data: str | Path, out: str | Path, contest, options: PatchO
             scale = (white - black.astype(np.float64))[:, None, None]
             a, b, source = pair_profile(noisy, gt, listed, str(noisy_files[i].relative_to(data)), scale[:, 0, 0])
             for top, left in grid[i]:
-                window = (slice(None), slice(top, top + options.crop), slice(left, left + options.crop))
+                window = (slice(None), slice(top, top + options.patch_size), slice(left, left + options.patch_size))
                 noisy_arr[k], gt_arr[k] = pn[window], pg[window]
                 residual = (pn[window].astype(np.float64) - pg[window]) / scale
                 rows.append([k, i, noisy_files[i].relative_to(data), gt_files[i].relative_to(data), top, left,
@@ -198,9 +198,9 @@ def make_patch_store(data: str | Path, out: str | Path, contest, options: PatchO
     meta = {
         "key": key,
         "contest": contest.name,
-        "crop": options.crop,
+        "patch_size": options.patch_size,
         "patches": total,
-        "black": [int(v) for v in black],
+        "channel_black": [int(v) for v in black],  # per packed channel, R Gr Gb B
         "white": int(white),
         "train_frames": train,
         "val_frames": [{"index": i, "noisy": str(noisy_files[i]), "gt": str(gt_files[i])} for i in val],
@@ -229,7 +229,10 @@ def load_meta(store: str | Path) -> dict:
     path = Path(store) / META
     if not path.is_file():
         raise InputError(f"{store}: not a complete patch store (no {META}); run train/make_patches.py")
-    return json.loads(path.read_text())
+    meta = json.loads(path.read_text())
+    if meta.get("key", {}).get("format") != FORMAT:
+        raise InputError(f"{store}: a patch store of an older format; rebuild it with train/make_patches.py")
+    return meta
 
 
 def validation_frames(store: str | Path) -> list[tuple[Path, Path]]:
