@@ -7,6 +7,7 @@ import torch
 from rawdenoise.contest import load_contest
 from rawdenoise.demo import make_demo_dataset
 from rawdenoise.noise_estimate import clipped_moments
+from rawdenoise.raw import pack
 from train.dataset import PatchSamples, StepSampler, bayer_augment
 from train.patch_store import PatchOptions, load_meta, make_patch_store, positions
 
@@ -36,9 +37,10 @@ def test_store_holds_packed_dn_patches_of_the_training_frames_only(demo, store):
     assert noisy.shape == gt.shape == (meta["patches"], 4, 40, 40) and noisy.dtype == np.uint16
     val = {v["index"] for v in meta["val_frames"]}
     assert val and not val & set(meta["train_frames"])  # split by whole frame
-    assert meta["channel_black"] == [1024] * 4 and meta["white"] == 16383
+    assert meta["channel_black"] == [int(v) for v in pack(ZTE.black_array, ZTE.cfa)[:, 0, 0]]  # the profile's,
+    assert meta["white"] == ZTE.white  # per packed channel
     # the first patch is the top-left corner of the first training frame, packed
-    from rawdenoise.raw import pack, read
+    from rawdenoise.raw import read
 
     first = read(ZTE.layout.train_gt.path(demo, meta["train_frames"][0]), ZTE)
     assert np.array_equal(gt[0], pack(first.mosaic, ZTE.cfa)[:, :40, :40])
