@@ -26,7 +26,8 @@ from bench.machine import machine_line  # noqa: E402
 from rawdenoise.contest import load_contest  # noqa: E402
 from rawdenoise.metrics import psnr, ssim  # noqa: E402
 from rawdenoise.raw import write_dng  # noqa: E402
-from rawdenoise.scoring import Pair, default_workers, score_pairs, score_pairs_in_processes  # noqa: E402
+from rawdenoise.cpu import default_workers  # noqa: E402
+from rawdenoise.scoring import Pair, score_pairs, score_pairs_in_processes  # noqa: E402
 
 
 def frame_pair(contest, rng) -> tuple[np.ndarray, np.ndarray]:

@@ -5,6 +5,7 @@ can use it too."""
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -36,3 +37,10 @@ def cpu_description() -> str:
     bf16 = "yes" if "avx512_bf16" in flags else "no"
     amx = ", ".join(sorted(f for f in flags if f.startswith("amx"))) or "no"
     return f"{model}; BF16 (avx512_bf16): {bf16}; AMX: {amx}"
+
+
+def default_workers(tasks: int) -> int:
+    """One worker per core this process may use, and no more than there is work for (the scorer's
+    reader threads, BM3D's processes)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(tasks, cores))

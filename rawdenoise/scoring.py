@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import os
 from collections import deque
 from itertools import islice
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from rawdenoise.contest import load_contest
+from rawdenoise.cpu import default_workers
 from rawdenoise.errors import InputError
 from rawdenoise.metrics import capped, frame_metrics, limit_threads_for_workers, psnr, summarise
 from rawdenoise.noise_levels import Level, listed_levels, tagged_level
@@ -178,12 +178,6 @@ def measure(loaded: LoadedPair, contest, crops: bool = False) -> ImageResult:
 
 def score_pair(pair: Pair, contest, crops: bool = False, inputs: bool = False) -> ImageResult:
     return measure(load_pair(pair, contest, crops or inputs), contest, crops)
-
-
-def default_workers(n_pairs: int) -> int:
-    """One worker per core this process may use, and no more than there is work for."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(n_pairs, cores))
 
 
 def score_pairs(pairs: list[Pair], contest, workers: int | None = None, crops: bool = False, progress=None,

@@ -33,7 +33,7 @@ from rawdenoise.errors import InputError
 from rawdenoise.files import replaced_folder
 from rawdenoise.noise_estimate import frame_noise_profile
 from rawdenoise.raw import read, write_back
-from rawdenoise.scoring import default_workers
+from rawdenoise.cpu import default_workers
 from rawdenoise.vst import anscombe, inverse_anscombe
 
 ROOT = Path(__file__).resolve().parent.parent
