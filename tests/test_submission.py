@@ -186,9 +186,13 @@ def test_pack_writes_exactly_the_contest_layout_and_the_network_loads(demo, tmp_
     model = namespace["build_network"]()
     (tmp_path / "w.pth").write_bytes(weights)
     model.load_state_dict(torch.load(tmp_path / "w.pth", weights_only=True))
-    score = subprocess.run([sys.executable, str(ROOT / "tools/score.py"), str(run), str(demo / "testset_gt"), "--json"],
-                           capture_output=True, text=True, cwd=ROOT)  # fmt: skip
-    assert score.returncode == 0, score.stderr
+    scores = {}
+    for what in (run, run / "result" / "data"):  # the zip scores exactly as the predictions it packed
+        score = subprocess.run([sys.executable, str(ROOT / "tools/score.py"), str(what), str(demo / "testset_gt"), "--json",
+                                "--no-levels"], capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+        assert score.returncode == 0, score.stderr
+        scores[what] = json.loads(score.stdout)
+    assert scores[run] == scores[run / "result" / "data"] and len(scores[run]["images"]) == n
 
 
 def test_pack_refuses_missing_predictions_and_over_limit_weights_and_writes_nothing(demo, tmp_path):
