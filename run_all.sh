@@ -224,7 +224,7 @@ stage_predict() {
         "--input $scoring/$noisy_folder --output runs/bm3d$(runs_suffix)/result/data --contest $CONTEST"
     fi
   fi
-  stamp="predict $RECIPE $CONTEST $(hash_tree "$(data_dir)/$noisy_folder" ${scoring:+"$scoring"}) $(hash_files "$run/model.pth" "$run/config.toml") $(code_hash submission/predict.py)"
+  stamp="predict $RECIPE $CONTEST $(hash_tree "$(data_dir)/$noisy_folder" ${scoring:+"$scoring"}) $(hash_files "$run/model.pth" "$run/config.toml") $(pipeline bf16-cost "$run") $(code_hash submission/predict.py)"
   if stamp_matches "$run/.predict.done" "$stamp"; then
     echo "predictions up to date in $run/result/data"
     return

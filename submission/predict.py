@@ -244,6 +244,7 @@ def main(argv=None) -> int:
     if args.tile < 0:
         raise InputError(f"--tile must be 0 (whole frames) or positive, got {args.tile}")
     start = time.perf_counter()
+    manifest_path(output).unlink(missing_ok=True)  # a failure below leaves no manifest of another set
     tta = args.tta if args.tta is not None else bool(run and run.tta)
     written = predict_folder(model, Path(args.input), output, contest, args.tile or None, tta, not args.quiet,
                              args.noise, chosen)  # fmt: skip

@@ -39,6 +39,24 @@ def pipeline(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "tools" / "pipeline.py"), *args], capture_output=True, text=True, cwd=ROOT)
 
 
+def test_predict_reruns_when_the_bf16_cost_its_precision_reads_changes(tmp_path):
+    """`--precision auto` decides from inference.json's bf16 record: a new measurement must show in
+    predict's stamp (the receptive radius predict keeps there must not)."""
+    from rawdenoise.measured import update_measured, write_measured
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.pth").write_bytes(b"weights")
+    assert pipeline("bf16-cost", str(run)).stdout.strip() == "none"
+    record = {"psnr_fp32": 40.0, "psnr_bf16": 39.99, "cost_db": 0.01, "frames": 3, "device": "cpu", "scheme": "s"}
+    write_measured(run, run / "model.pth", {"bf16": record})
+    first = pipeline("bf16-cost", str(run)).stdout
+    update_measured(run, run / "model.pth", {"receptive_radius": {"tolerance": 2e-8, "radius": 48}})
+    assert pipeline("bf16-cost", str(run)).stdout == first
+    update_measured(run, run / "model.pth", {"bf16": {**record, "cost_db": 0.002}})
+    assert pipeline("bf16-cost", str(run)).stdout != first
+
+
 def test_queries_answer_from_the_profile_and_the_recipe(tmp_path):
     assert pipeline("layout", "zte2022").stdout.split() == ["testset", "testset_gt"]
     recipe = tmp_path / "r.toml"

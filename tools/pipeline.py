@@ -4,6 +4,8 @@
     python tools/pipeline.py check-contest CONTEST        one line and exit 2 if the profile cannot be used
     python tools/pipeline.py layout CONTEST               "<test inputs folder> <test ground-truth folder>"
     python tools/pipeline.py patch-size RECIPE.toml       the patch store's side for that recipe
+    python tools/pipeline.py bf16-cost RUN                the bf16 cost measured on the run's weights, as
+                                                          predict's --precision auto reads it (or "none")
     python tools/pipeline.py code-hash SCRIPT... --contest CONTEST [--also FILE...]
 
 code-hash is what a stage's stamp holds for its code: a hash of the content of every repository file
@@ -22,11 +24,13 @@ if __name__ == "__main__":  # as a script, make the repository's packages import
 import argparse
 import ast
 import hashlib
+import json
 import tomllib
 
 from rawdenoise import cli
 from rawdenoise.contest import DEFAULT_CONTEST, load_contest, resolve_contest_path
 from rawdenoise.errors import InputError
+from rawdenoise.measured import read_measured
 
 ROOT = Path(__file__).resolve().parent.parent
 # Packages whose __init__ imports their modules by name at run time (the model registry), which no
@@ -55,7 +59,11 @@ def _imported_names(path: Path) -> set[str]:
     """Every module an import statement anywhere in the file may load (inside functions too: a lazy
     import is still a dependency), with the packages above each."""
     names = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    try:
+        tree = ast.parse(path.read_text(), str(path))
+    except (OSError, SyntaxError, ValueError) as err:
+        raise InputError(f"{path}: cannot read its imports ({type(err).__name__}: {err})") from None
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
@@ -67,25 +75,27 @@ def _imported_names(path: Path) -> set[str]:
 def code_files(scripts: list[Path], root: Path = ROOT) -> list[Path]:
     """The scripts and every file under `root` (the repository) they import, transitively."""
     root = root.resolve()
-    seen, todo = set(), [p.resolve() for p in scripts]
+    seen, todo = set(), [p.resolve() for p in scripts]  # a script outside the root: its imports inside it
     while todo:
         path = todo.pop()
         if path in seen:
             continue
         seen.add(path)
         found = [_module_file(name, root) for name in _imported_names(path)]
-        if path.relative_to(root).as_posix() in LOADS_ITS_FOLDER:
+        if path.is_relative_to(root) and path.relative_to(root).as_posix() in LOADS_ITS_FOLDER:
             found += sorted(path.parent.glob("*.py"))
         todo.extend(f.resolve() for f in found if f is not None and f.resolve() not in seen)
     return sorted(seen)
 
 
 def files_hash(files: list[Path]) -> str:
-    """16 hex digits of the files' names and contents."""
+    """16 hex digits of the files' names (relative to the repository, so a moved clone keeps its
+    stamps) and contents."""
     digest = hashlib.sha256()
     for path in files:
+        name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
         try:
-            digest.update(f"{path}\n".encode() + path.read_bytes())
+            digest.update(f"{name}\n".encode() + path.read_bytes())
         except OSError as err:
             raise InputError(f"{path}: cannot read ({err.strerror})") from None
     return digest.hexdigest()[:16]
@@ -98,6 +108,7 @@ def main(argv=None) -> int:
     commands.add_parser("check-contest", help="exit 2 with one line if the profile cannot be used").add_argument("contest")
     commands.add_parser("layout", help="the test inputs' and ground truth's folder names").add_argument("contest")
     commands.add_parser("patch-size", help="the patch store's side for a recipe").add_argument("recipe", type=Path)
+    commands.add_parser("bf16-cost", help="the bf16 cost measured on a run's weights").add_argument("run", type=Path)
     hashing = commands.add_parser("code-hash", help="a hash of the code a stage runs")
     hashing.add_argument("scripts", nargs="+", type=Path)
     hashing.add_argument("--contest", required=True)
@@ -112,6 +123,10 @@ def main(argv=None) -> int:
         print(layout.test_noisy.folder, layout.test_gt.folder)
     elif args.command == "patch-size":
         print(patch_size(args.recipe))
+    elif args.command == "bf16-cost":  # the one fact in inference.json that changes predictions (the radius does not)
+        weights = args.run / "model.pth"
+        record = read_measured(args.run, weights).get("bf16") if weights.is_file() else None
+        print(json.dumps(record, sort_keys=True).replace(" ", "") if record else "none")
     else:
         print(files_hash(code_files(args.scripts) + [resolve_contest_path(args.contest)] + [p.resolve() for p in args.also]))
     return 0
