@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine_line  # noqa: E402
+from rawdenoise import cli  # noqa: E402
 from rawdenoise.contest import load_contest  # noqa: E402
 from rawdenoise.models import PROBE_NOISE, build_model  # noqa: E402
 from rawdenoise.precision import autocast  # noqa: E402
@@ -70,7 +71,7 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--side", type=int, help="an N x N packed window instead of the whole contest frame")
-    parser.add_argument("--contest", default="zte2022")
+    cli.add_contest_argument(parser)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

@@ -23,6 +23,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import machine_line  # noqa: E402
+from rawdenoise import cli  # noqa: E402
 from rawdenoise.contest import load_contest  # noqa: E402
 from rawdenoise.metrics import psnr, ssim  # noqa: E402
 from rawdenoise.raw import write_dng  # noqa: E402
@@ -52,7 +53,7 @@ def best_of(repeat: int, fn) -> tuple[float, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--contest", default="zte2022")
+    cli.add_contest_argument(parser)
     parser.add_argument("--frames", type=int, default=4, help="frames for the end-to-end part")
     parser.add_argument("--repeat", type=int, default=3, help="best-of repeats for the kernel timings")
     args = parser.parse_args()

@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import machine_line  # noqa: E402
+from rawdenoise import cli  # noqa: E402
 from rawdenoise.contest import load_contest  # noqa: E402
 from rawdenoise.metrics import capped, psnr  # noqa: E402
 from rawdenoise.models import is_noise_conditioned  # noqa: E402
@@ -43,7 +44,7 @@ def main() -> None:
     parser.add_argument("--run", required=True, help="a run folder with config.toml and model.pth")
     parser.add_argument("--data", default="work/demo", help="data folder with testset/ and testset_gt/ (default: %(default)s)")
     parser.add_argument("--tile", type=int, default=0, help="tile side; 0 runs whole frames (default: %(default)s)")
-    parser.add_argument("--contest", default="zte2022")
+    cli.add_contest_argument(parser)
     args = parser.parse_args()
     contest = load_contest(args.contest)
     model = run_model(Run.open(args.run), torch.device("cpu"))

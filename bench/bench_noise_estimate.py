@@ -31,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import cpu_description  # noqa: E402
+from rawdenoise import cli  # noqa: E402
 from rawdenoise.contest import load_contest  # noqa: E402
 from rawdenoise.demo import DEFAULT_SIZE, bundled_photos, collage  # noqa: E402
 from rawdenoise.noise import NoiseLevel, mosaic_from_rgb, quantise, random_camera, unprocess  # noqa: E402
@@ -141,7 +142,7 @@ def time_contest_frame(contest, photos, repeat: int, seed: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--contest", default="zte2022")
+    cli.add_contest_argument(parser)
     parser.add_argument("--frames", type=int, default=120, help="synthetic frames for the accuracy figures")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3, help="best-of repeats for the contest-size timing")

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine_line  # noqa: E402
+from rawdenoise import cli  # noqa: E402
 from rawdenoise.contest import load_contest  # noqa: E402
 from rawdenoise.metrics import capped, psnr  # noqa: E402
 from rawdenoise.models import PROBE_NOISE, is_noise_conditioned  # noqa: E402
@@ -51,7 +52,7 @@ def main() -> None:
     parser.add_argument("--data", default="work/demo", help="data folder with testset/ and testset_gt/ (default: %(default)s)")
     parser.add_argument("--full-frame", action="store_true", help="also time one contest-size frame")
     parser.add_argument("--repeats", type=int, default=3, help="timings are the best of this many (default: %(default)s)")
-    parser.add_argument("--contest", default="zte2022")
+    cli.add_contest_argument(parser)
     args = parser.parse_args()
     contest = load_contest(args.contest)
     model = run_model(Run.open(args.run), torch.device("cpu"))

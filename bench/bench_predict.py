@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine_line  # noqa: E402
+from rawdenoise import cli  # noqa: E402
 from rawdenoise.contest import load_contest  # noqa: E402
 from rawdenoise.measured import read_measured  # noqa: E402
 from rawdenoise.models import is_noise_conditioned  # noqa: E402
@@ -51,7 +52,7 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=DEFAULT_TILE)
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, help="default: the run's recipe")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--contest", default="zte2022")
+    cli.add_contest_argument(parser)
     args = parser.parse_args()
     contest = load_contest(args.contest)
     run = Path(args.run)

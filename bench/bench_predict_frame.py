@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_tiling import model_for  # noqa: E402
 from bench.machine import machine_line  # noqa: E402
+from rawdenoise import cli  # noqa: E402
 from rawdenoise.contest import load_contest  # noqa: E402
 from rawdenoise.demo import clean_mosaic, plan  # noqa: E402
 from rawdenoise.measured import write_measured  # noqa: E402
@@ -97,7 +98,7 @@ def main() -> None:
     parser.add_argument("--tiles", default=str(DEFAULT_TILE), help="tile sides to time against whole frames (default: %(default)s, predict's)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
-    parser.add_argument("--contest", default="zte2022")
+    cli.add_contest_argument(parser)
     args = parser.parse_args()
     contest = load_contest(args.contest)
     print(machine_line())

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine_line  # noqa: E402
+from rawdenoise import cli  # noqa: E402
 from rawdenoise.contest import load_contest  # noqa: E402
 from rawdenoise.models import PROBE_NOISE, build_model  # noqa: E402
 from rawdenoise.tiling import infer, margin_for  # noqa: E402
@@ -71,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="unet")
     parser.add_argument("--tiles", default="256,512,1024")
-    parser.add_argument("--contest", default="zte2022")
+    cli.add_contest_argument(parser)
     parser.add_argument(
         "--margin", type=int, default=None,
         help="context per tile side; default: measured on the (untrained) model. An untrained network's "

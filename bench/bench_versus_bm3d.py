@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine_line  # noqa: E402
+from rawdenoise import cli  # noqa: E402
 from rawdenoise.contest import load_contest  # noqa: E402
 from rawdenoise.metrics import capped, psnr  # noqa: E402
 from rawdenoise.noise_levels import listed_levels, tagged_level  # noqa: E402
@@ -53,7 +54,7 @@ def main() -> None:
     parser.add_argument("--data", default="work/demo", help="data folder with testset/ and testset_gt/ (default: %(default)s)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction,
                         help="force test-time augmentation on or off (default: the run's recipe)")  # fmt: skip
-    parser.add_argument("--contest", default="zte2022")
+    cli.add_contest_argument(parser)
     args = parser.parse_args()
     contest = load_contest(args.contest)
     data, layout = Path(args.data), contest.layout
