@@ -182,9 +182,9 @@ class RawFrame:
     def packed(self) -> np.ndarray:
         """Normalised float32 (4, H/2, W/2), R, Gr, Gb, B: pack(normalise(mosaic)) in one pass."""
         h, w = self.mosaic.shape
-        out = np.empty((4, h // 2, w // 2), dtype=np.float32)
+        out, black = np.empty((4, h // 2, w // 2), dtype=np.float32), _black_grid(self.black)
         for k, (r, c) in enumerate(channel_positions(self.cfa)):
-            _normalise_site(self.mosaic[r::2, c::2], self.black[r, c], self.white, out[k])
+            _normalise_site(self.mosaic[r::2, c::2], black[r, c], self.white, out[k])
         return out
 
     def to_mosaic(self, packed: np.ndarray) -> np.ndarray:
@@ -193,9 +193,9 @@ class RawFrame:
         packed = np.asarray(packed)
         if packed.shape != (4, self.mosaic.shape[0] // 2, self.mosaic.shape[1] // 2):
             raise ValueError(f"packed prediction of shape {packed.shape} does not fit {self.path}'s {self.mosaic.shape} mosaic")
-        out = np.empty(self.mosaic.shape, dtype=np.uint16)
+        out, black = np.empty(self.mosaic.shape, dtype=np.uint16), _black_grid(self.black)
         for k, (r, c) in enumerate(channel_positions(self.cfa)):
-            _denormalise_site(packed[k], self.black[r, c], self.white, out[r::2, c::2])
+            _denormalise_site(packed[k], black[r, c], self.white, out[r::2, c::2])
         return out
 
 

@@ -95,6 +95,8 @@ def test_normalise_and_denormalise_compute_exactly_what_the_formula_says(rng):
         frame = RawFrame(mosaic, cfa, black, white, Path("x.dng"))
         assert np.array_equal(frame.packed(), pack(normalise(mosaic, black, white), cfa))
         assert np.array_equal(frame.to_mosaic(pack(x, cfa)), denormalise(x, black, white))
+    one_black = RawFrame(mosaic, "RGGB", 64, white, Path("x.dng"))  # one level for every site, as normalise takes
+    assert np.array_equal(one_black.packed(), RawFrame(mosaic, "RGGB", np.full((2, 2), 64), white, Path("x.dng")).packed())
 
 
 def test_write_dng_reads_back_bit_exactly_with_pattern_and_levels(contest, rng, tmp_path):
