@@ -13,6 +13,13 @@ from pathlib import Path
 from rawdenoise.errors import InputError
 
 
+def existing_weights(weights: Path) -> Path:
+    """`weights`, or an InputError if there is no such file (a run whose training has not written it)."""
+    if not Path(weights).is_file():
+        raise InputError(f"{weights}: no weights file (has training finished?)")
+    return Path(weights)
+
+
 @dataclass(frozen=True)
 class Run:
     path: Path
@@ -40,9 +47,7 @@ class Run:
 
     def finished_weights(self) -> Path:
         """model.pth, or an InputError if training has not written it yet."""
-        if not self.weights.is_file():
-            raise InputError(f"{self.weights}: no weights file (has training finished?)")
-        return self.weights
+        return existing_weights(self.weights)
 
     @property
     def model_name(self) -> str:

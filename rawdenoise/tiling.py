@@ -124,9 +124,9 @@ def infer(model: torch.nn.Module, packed, tile: int | None = None, batch: int = 
     tile=None runs the whole frame at once; tile=N (packed pixels, rounded up to 2**depth) runs tiles
     of at most N x N, as equal as the alignment allows, each with a receptive-field margin, equal to
     whole-frame inference within 1e-5. `margin` (packed pixels, rounded up to 2**depth) overrides the
-    measured one. `precision` "bf16" runs the
-    network's body in bf16 (input, conditioning, residual add and output stay float32); tiles then match
-    the whole frame only as closely as bf16 kernels of different shapes round alike.
+    measured one. `precision` "bf16" runs the network's body in bf16 (input, conditioning, residual add
+    and output stay float32); tiles then match the whole frame only as closely as bf16 kernels of
+    different shapes round alike.
     """
     device = next(model.parameters()).device
     x = torch.as_tensor(np.asarray(packed, dtype=np.float32) if not torch.is_tensor(packed) else packed)
@@ -165,7 +165,8 @@ def _tiled(model, x: torch.Tensor, tile: int, batch: int, margin: int, noise) ->
     """`tile` and `margin` already rounded to the alignment."""
     _, h, w = x.shape
     out = np.empty(tuple(x.shape), dtype=np.float64 if x.dtype == torch.float64 else np.float32)
-    rows, cols = _even_side(h, tile, _alignment(model)), _even_side(w, tile, _alignment(model))
+    m = _alignment(model)
+    rows, cols = _even_side(h, tile, m), _even_side(w, tile, m)
     groups = defaultdict(list)  # window shape -> [(window, keep)], so equal shapes share a batch
     for y0 in range(0, h, rows):
         for x0 in range(0, w, cols):

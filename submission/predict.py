@@ -34,7 +34,7 @@ from rawdenoise.files import atomic_path, replaced_folder
 from rawdenoise.models import build_model, is_noise_conditioned
 from rawdenoise.noise_estimate import frame_noise_profile
 from rawdenoise.measured import read_measured, update_measured
-from rawdenoise.run_folder import Run
+from rawdenoise.run_folder import Run, existing_weights
 from rawdenoise.raw import canonical_mosaic, check_writable, dihedral, pack_canonical, phase_offset, read, write_back
 from rawdenoise.tiff import locate_raw
 from rawdenoise.tiling import adopt_radius, infer, known_radius
@@ -71,8 +71,7 @@ def denoise(model: torch.nn.Module, packed: np.ndarray, tile: int | None, tta: b
 
 def load_model(name: str, kwargs: dict, weights: Path, device) -> torch.nn.Module:
     """The registered model `name`(**kwargs) with the state_dict in `weights`, on `device`, in eval mode."""
-    if not weights.is_file():
-        raise InputError(f"{weights}: no weights file (has training finished?)")
+    existing_weights(weights)
     model = build_model(name, **kwargs)
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -84,7 +83,7 @@ def load_model(name: str, kwargs: dict, weights: Path, device) -> torch.nn.Modul
 
 def run_model(run: Run, device) -> torch.nn.Module:
     """A run folder's model with its exported weights (model.pth)."""
-    return load_model(run.model_name, run.model_args, run.finished_weights(), device)
+    return load_model(run.model_name, run.model_args, run.weights, device)  # load_model checks it exists
 
 
 def model_source(args) -> tuple[Run | None, str, dict, Path]:
