@@ -14,11 +14,12 @@ upscaled, so their content repeats.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -69,9 +70,7 @@ class Photo:
 
     def load(self) -> np.ndarray:
         """float32 sRGB in [0, 1], (H, W, 3); a greyscale photograph is a neutral-coloured one."""
-        from skimage.io import imread
-
-        image = imread(self.path)
+        image = _read_pixels(self.path)
         if image.ndim == 2:
             image = np.repeat(image[..., None], 3, axis=2)
         if image.ndim != 3 or image.shape[2] < 3:
@@ -79,7 +78,12 @@ class Photo:
         return image[..., :3].astype(np.float32) / 255.0
 
 
-def bundled_photos() -> list[Photo]:
+def bundled_photos(hold_out: Sequence[str] = ()) -> list[Photo]:
+    """The installed photographs with their split; `hold_out` names training photos to test on instead.
+
+    A held-out split is for choosing a recipe: the named photos become the test scenes and the demo's own
+    test photos are left out entirely, so a choice made on it has never seen the demo test set.
+    """
     photos = []
     for package, relative, split in PHOTO_SOURCES:
         spec = importlib.util.find_spec(package)
@@ -88,7 +92,17 @@ def bundled_photos() -> list[Photo]:
         path = Path(spec.submodule_search_locations[0]) / relative
         if path.is_file():
             photos.append(Photo(Path(relative).stem, path, split))
-    return photos
+    if not hold_out:
+        return photos
+    training = [p.name for p in photos if p.split == "train"]
+    unknown = sorted(set(hold_out) - set(training))
+    if unknown:
+        raise InputError(f"cannot hold out {', '.join(unknown)}: the training photographs are {', '.join(training)}")
+    if set(hold_out) == set(training):
+        raise InputError("holding out every training photograph leaves nothing to train on")
+    return [
+        dataclasses.replace(p, split="test" if p.name in hold_out else "train") for p in photos if p.split == "train"
+    ]
 
 
 @dataclass(frozen=True)
@@ -152,8 +166,8 @@ class Job:
     level: NoiseLevel
 
 
-def plan(contest, size: tuple[int, int], full_size: bool) -> list[Job]:
-    photos = bundled_photos()
+def plan(contest, size: tuple[int, int], full_size: bool, hold_out: Sequence[str] = ()) -> list[Job]:
+    photos = bundled_photos(hold_out)
     train = [p for p in photos if p.split == "train"]
     test = [p for p in photos if p.split == "test"]
     if not train or not test:
@@ -182,7 +196,19 @@ def plan(contest, size: tuple[int, int], full_size: bool) -> list[Job]:
     return jobs
 
 
+def _read_pixels(path: Path) -> np.ndarray:
+    """uint8 pixels of an image file, or of the one array in an .npz (PyWavelets ships its photos so)."""
+    if path.suffix == ".npz":
+        with np.load(path) as archive:
+            return archive[archive.files[0]]
+    from skimage.io import imread
+
+    return imread(path)
+
+
 def _image_shape(path: Path) -> tuple[int, int]:
+    if path.suffix == ".npz":
+        return _read_pixels(path).shape[:2]
     from PIL import Image
 
     with Image.open(path) as image:
@@ -253,12 +279,13 @@ def make_demo_dataset(
     size: tuple[int, int] | None = None,
     full_size: bool = False,
     seed: int = 0,
+    hold_out: Sequence[str] = (),
     progress: bool = True,
 ) -> Path:
     """Write the demo set in the contest's layout (plus noise.csv) to `out`, replacing a previous demo.
 
     The set is built in a hidden sibling folder and swapped in only when complete, so an interrupted
-    run never leaves a folder that looks like a finished dataset.
+    run never leaves a folder that looks like a finished dataset. `hold_out`: see bundled_photos.
     """
     out = Path(out)
     if full_size:
@@ -267,7 +294,7 @@ def make_demo_dataset(
     if len(size) != 2 or size[0] <= 0 or size[1] <= 0 or size[0] % 2 or size[1] % 2:
         raise InputError(f"frame size {size} must be two positive even numbers (a 2x2 CFA)")
     _check_destination(out)
-    jobs = plan(contest, size, full_size)
+    jobs = plan(contest, size, full_size, hold_out)
     staging = out.parent / f".{out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

@@ -70,6 +70,19 @@ def test_test_frames_come_from_photographs_never_used_in_training(zte_demo):
     assert test and train and not train & test
 
 
+def test_a_held_out_split_tests_on_the_named_photos_and_never_shows_the_demo_test_photos(zte_demo, tmp_path):
+    photo = lambda row: row["source"].split("@")[0]  # noqa: E731
+    demo_test = {photo(r) for r in read_noise_csv(zte_demo) if r["split"] == "test"}
+    out = make_demo_dataset(
+        tmp_path / "held", load_contest("zte2022"), size=SMALL, seed=3, hold_out=["astronaut", "brick"], progress=False
+    )
+    rows = list(read_noise_csv(out))
+    assert {photo(r) for r in rows if r["split"] == "test"} == {"astronaut", "brick"}
+    train = {photo(r) for r in rows if r["split"] == "train"}
+    assert train and not train & ({"astronaut", "brick"} | demo_test)
+    assert {r["noise_type"] for r in rows if r["split"] == "test"} >= {"0", "heavy"}  # every level, as the demo's
+
+
 def test_a_greyscale_photograph_trains_as_a_neutral_scene(zte_demo):
     """Its raw channels differ only by the synthetic camera's white-balance gains, as a grey scene's do."""
     contest = load_contest("zte2022")
@@ -142,6 +155,7 @@ def test_cli_writes_the_set_and_reports_it(tmp_path):
         (["--size", "4000x4000"], "larger than the bundled photographs"),
         (["--contest", "nope"], "unknown contest"),
         (["--size", "big"], "expected HxW"),
+        (["--hold-out", "coffee"], "cannot hold out coffee: the training photographs are astronaut"),
     ],
 )
 def test_cli_bad_arguments_exit_2_with_a_message_and_no_traceback(tmp_path, args, message):
