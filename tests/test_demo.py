@@ -10,7 +10,7 @@ import pytest
 
 from rawdenoise import InputError
 from rawdenoise.contest import load_contest
-from rawdenoise.demo import NOISE_CSV, make_demo_dataset, read_noise_csv
+from rawdenoise.demo import NOISE_CSV, PHOTO_SOURCES, bundled_photos, make_demo_dataset, read_noise_csv
 from rawdenoise.raw import read
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,6 +81,17 @@ def test_a_held_out_split_tests_on_the_named_photos_and_never_shows_the_demo_tes
     train = {photo(r) for r in rows if r["split"] == "train"}
     assert train and not train & ({"astronaut", "brick"} | demo_test)
     assert {r["noise_type"] for r in rows if r["split"] == "test"} >= {"0", "heavy"}  # every level, as the demo's
+
+
+def test_every_listed_photograph_is_installed_and_loads_as_a_photograph():
+    """A package that stopped shipping a photo would shrink the demo set silently (its loader skips what is
+    missing, for other installs): with the pinned requirements every listed photo is there."""
+    photos = bundled_photos()
+    assert [p.name for p in photos] == [Path(relative).stem for _, relative, _ in PHOTO_SOURCES]
+    for photo in photos:
+        image = photo.load()
+        assert image.ndim == 3 and image.shape[2] == 3 and min(image.shape[:2]) >= 256, photo.name
+        assert 0 <= image.min() and image.max() <= 1 and image.std() > 0.05, photo.name  # 8-bit pixels, not blank
 
 
 def test_a_greyscale_photograph_trains_as_a_neutral_scene(zte_demo):
