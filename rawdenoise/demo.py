@@ -3,8 +3,9 @@
 With no contest data at hand, every stage still needs realistic raw frames. We take the natural
 photographs bundled inside installed packages (the data folders of scikit-image, matplotlib,
 PyWavelets and scikit-learn, read as files; never a download), unprocess them into clean raw mosaics
-(noise.unprocess), and add the organisers' noise at the profile's noise types. Test frames come only from photographs never used for training,
-and they also hold a noise level heavier than any in training, as the contest's test set does.
+(noise.unprocess), and add the organisers' noise at the profile's noise types. Test frames come only
+from photographs never used for training, and they also hold a noise level heavier than any in
+training, as the contest's test set does.
 
 Default frames are small crops at native resolution, so the whole demo runs in minutes on 2 cores;
 full-size frames (the profile's height x width) are collages of native-resolution crops, never
