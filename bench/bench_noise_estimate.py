@@ -11,10 +11,9 @@ pixels x of |sqrt(a^ x + b^) / sqrt(a x + b) - 1|.
 
 The estimator's constants were tuned on demo training photographs only (those of the time: aero,
 ascent, china and flower came later); the demo's test photographs (coffee, rocket) are held out and
-reported apart. A photograph has noise of its own, which
-unprocessing carries into the "clean" frame and no estimator can tell from the added noise: the same
-estimator run on the clean frame measures it, and frames where it exceeds a tenth of the added variance
-are also reported apart ("photo noise").
+reported apart. A photograph has noise of its own, which unprocessing carries into the "clean" frame
+and no estimator can tell from the added noise: the same estimator run on the clean frame measures it,
+and frames where it exceeds a tenth of the added variance are also reported apart ("photo noise").
 """
 
 from __future__ import annotations
