@@ -23,6 +23,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from rawdenoise import streaming
 from rawdenoise.models import PROBE_NOISE, is_noise_conditioned
 from rawdenoise.precision import autocast
 
@@ -47,11 +48,32 @@ def _alignment(model) -> int:
     return 2 ** int(getattr(model, "depth", 0))
 
 
-def _run(model, batch: torch.Tensor, noise) -> torch.Tensor:
+def _run(model, batch: torch.Tensor, noise, rows: int | None = None) -> torch.Tensor:
     """`noise`: the frame's (a, b), or None for a blind model (a conditioned one refuses None). The
-    output has the input's dtype, also under bf16 autocast."""
+    output has the input's dtype, also under bf16 autocast. `rows`: streamed, that many rows a step."""
     profile = None if noise is None else torch.tensor([noise], dtype=batch.dtype, device=batch.device).expand(len(batch), 2)
+    if rows is not None:  # streaming lays out each strip of the frame channels-last, not a copy of it all
+        return streaming.stream(model, batch, profile, rows).to(batch.dtype)
     return model(batch.contiguous(memory_format=torch.channels_last), profile).to(batch.dtype)
+
+
+def why_not_streamed(model) -> str | None:
+    """Why tiles of this model run with margins instead of streamed strips, or None if it streams."""
+    return None if _streams(model) else model._not_streamable
+
+
+def _streams(model) -> bool:
+    """Whether the model's operations all stream (traced once, cached on the model)."""
+    cached = getattr(model, "_streams", None)
+    if cached is None:
+        try:
+            streaming.check(model)
+            cached = True
+        except streaming.NotStreamable as err:
+            cached = False
+            model._not_streamable = str(err)
+        model._streams = cached
+    return cached
 
 
 def receptive_radius(model: torch.nn.Module, tolerance: float = TOLERANCE) -> int:
@@ -117,16 +139,18 @@ def margin_for(model: torch.nn.Module) -> int:
 
 
 def infer(model: torch.nn.Module, packed, tile: int | None = None, batch: int = 1, margin: int | None = None,
-          noise: tuple[float, float] | None = None, precision: str = "fp32") -> np.ndarray:  # fmt: skip
+          noise: tuple[float, float] | None = None, precision: str = "fp32", stream: bool = True) -> np.ndarray:  # fmt: skip
     """(4, h, w) normalised packed frame -> the model's (4, h, w) float32 output.
 
     `noise` is the frame's (a, b), variance a*x + b on normalised x; a noise-conditioned model needs it.
-    tile=None runs the whole frame at once; tile=N (packed pixels, rounded up to 2**depth) runs tiles
-    of at most N x N, as equal as the alignment allows, each with a receptive-field margin, equal to
-    whole-frame inference within 1e-5. `margin` (packed pixels, rounded up to 2**depth) overrides the
-    measured one. `precision` "bf16" runs the network's body in bf16 (input, conditioning, residual add
-    and output stay float32); tiles then match the whole frame only as closely as bf16 kernels of
-    different shapes round alike.
+    tile=None runs the whole frame at once. tile=N works on about N x N packed pixels at a time, equal
+    to whole-frame inference within 1e-5: a model that streams (rawdenoise.streaming; every model here
+    does) runs down the frame in strips of N*N/w rows, layer by layer, computing each pixel once; any
+    other (or stream=False) runs tiles of at most N x N (N rounded up to 2**depth), as equal as the
+    alignment allows, each with a receptive-field margin; `margin` (packed pixels, rounded up to
+    2**depth) overrides the measured one. `precision` "bf16" runs the network's body in bf16 (input,
+    conditioning, residual add and output stay float32); strips and tiles then match the whole frame
+    only as closely as bf16 kernels of different shapes round alike.
     """
     device = next(model.parameters()).device
     x = torch.as_tensor(np.asarray(packed, dtype=np.float32) if not torch.is_tensor(packed) else packed)
@@ -139,10 +163,14 @@ def infer(model: torch.nn.Module, packed, tile: int | None = None, batch: int = 
     try:
         m = _alignment(model)
         tile = None if tile is None else max(m, int(math.ceil(tile / m) * m))
-        if tile is not None and (x.shape[1] > tile or x.shape[2] > tile):  # probed (on a deep copy) before
+        if tile is None or (x.shape[1] <= tile and x.shape[2] <= tile):  # one tile holds the frame: that is
+            tile = None  # whole-frame inference, and needs no margin (whose probe costs seconds a model)
+        elif stream and _streams(model):
+            rows = max(m, tile * tile // x.shape[2] // m * m)  # whole rows of every level: the same shapes each step
+            with torch.inference_mode(), autocast(precision, device, model):
+                return _run(model, x[None], noise, rows)[0].cpu().numpy()
+        else:  # probed (on a deep copy) before autocast wraps the model's layers
             margin = margin_for(model) if margin is None else int(math.ceil(margin / m) * m)
-        else:  # one tile holds the frame: that is whole-frame inference, and needs no margin (whose probe
-            tile = None  # costs seconds a model)
         with torch.inference_mode(), autocast(precision, device, model):  # bf16 wraps the model's signal layers
             if tile is None:
                 return _run(model, x[None], noise)[0].cpu().numpy()

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from rawdenoise import streaming
 from rawdenoise.models import build_model
-from rawdenoise.tiling import infer, margin_for, receptive_radius
+from rawdenoise.tiling import infer, margin_for, receptive_radius, why_not_streamed
 from submission.predict import _backward, _forward, denoise
 
 MODELS = {
@@ -32,16 +33,20 @@ def trained_like(name: str, noise: str = "none") -> torch.nn.Module:
 
 @pytest.mark.parametrize("name,noise,level", CASES)
 @pytest.mark.parametrize("tile", [16, 40, 64])
-def test_tiles_equal_whole_frame_inference_on_odd_frames(name, noise, level, tile):
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "margin-tiles"])
+def test_tiles_equal_whole_frame_inference_on_odd_frames(name, noise, level, tile, stream):
+    """Streamed strips of tile**2/141 rows (from one row of the deepest level up) and square tiles with
+    margins both give the whole frame's output."""
     model = trained_like(name, noise)
     x = np.random.default_rng(1).random((4, 107, 141)).astype(np.float32) * 0.6
     whole = infer(model, x, noise=level)
-    tiled = infer(model, x, tile=tile, noise=level)
+    tiled = infer(model, x, tile=tile, noise=level, stream=stream)
     assert tiled.shape == x.shape and np.abs(tiled - whole).max() <= 1e-5
+    assert (getattr(model, "_receptive_radius", None) is None) == stream  # strips need no margin, so no probe
     # float32 convolutions round differently for different shapes; in float64 what remains is the
-    # tiling itself: influence beyond the measured receptive field, below the probe's tolerance
+    # tiling itself (for margin tiles: influence beyond the measured receptive field, below the probe's tolerance)
     model.double()
-    whole, tiled = infer(model, x, noise=level), infer(model, x, tile=tile, noise=level)
+    whole, tiled = infer(model, x, noise=level), infer(model, x, tile=tile, noise=level, stream=stream)
     scale = 15359  # zte2022's white - black
     assert np.abs(tiled - whole).max() <= 1e-6
     assert np.mean(np.rint(tiled * scale) == np.rint(whole * scale)) >= 0.9999
@@ -75,7 +80,7 @@ def test_tiles_share_the_frame_evenly_so_the_largest_window_is_small():
     sliver of a last tile pays a whole margin for a few columns; every pixel is still computed once."""
     model, margin = _Recorder(), 32
     x = np.random.default_rng(4).random((4, 1736, 2312)).astype(np.float32)
-    assert np.array_equal(infer(model, x, tile=512, margin=margin), x)
+    assert np.array_equal(infer(model, x, tile=512, margin=margin, stream=False), x)
     assert len(model.windows) == 4 * 5
     assert max(model.windows) == (448 + 2 * margin, 464 + 2 * margin)
     assert min(h for h, _ in model.windows) >= 1736 - 3 * 448 + margin  # the last row is 392, not 200
@@ -95,3 +100,83 @@ def test_test_time_augmentation_is_invertible_and_exact_for_the_identity():
         assert np.array_equal(_backward(_forward(x, op), op), x), op
     identity = build_model("unet", **MODELS["unet"])
     assert np.allclose(denoise(identity, x, None, tta=True), x, atol=1e-7)
+
+
+def _rows_computed(model, x, **kwargs) -> int:
+    """How many output rows the model's convolutions computed, over every call (on a blind model,
+    which streaming never needs to run on a small frame to learn a dtype)."""
+    rows = []
+    hooks = [m.register_forward_hook(lambda m, i, out: rows.append(out.shape[-2])) for m in model.modules()
+             if isinstance(m, torch.nn.Conv2d)]  # fmt: skip
+    try:
+        infer(model, x, noise=(1e-3, 1e-5), **kwargs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sum(rows)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_streamed_strips_compute_each_row_once_where_margin_tiles_compute_many_twice(name):
+    """The point of streaming: the whole frame's work, where square tiles recompute their margins (a
+    window's pooling rows past a strip's end, computed and dropped, aside)."""
+    model = trained_like(name)
+    x = np.random.default_rng(5).random((4, 256, 96)).astype(np.float32) * 0.6
+    whole = _rows_computed(model, x)
+    streamed = _rows_computed(model, x, tile=64)  # strips of 64 * 64 / 96 -> 40 rows (32 for NAFNet's alignment)
+    tiled = _rows_computed(model, x, tile=64, stream=False)
+    assert streamed == whole and tiled >= 1.5 * whole
+
+
+class _GlobalMean(torch.nn.Module):
+    """An operation streaming cannot know the rows of: every output pixel depends on every row."""
+
+    depth = 0
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x, noise=None):
+        return x - self.weight * x.mean()
+
+
+class _Bilinear(torch.nn.Module):
+    """A local model made of an operation streaming does not know: bilinear up-sampling."""
+
+    depth = 1
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x, noise=None):
+        y = torch.nn.functional.interpolate(self.conv(torch.nn.functional.avg_pool2d(x, 2)), scale_factor=2, mode="bilinear")
+        return x + y
+
+
+def test_a_model_that_cannot_stream_is_named_and_runs_in_margin_tiles():
+    with pytest.raises(streaming.NotStreamable, match="mean"):
+        streaming.check(_GlobalMean())
+    model = _Bilinear()
+    with pytest.raises(streaming.NotStreamable, match="interpolate"):
+        streaming.check(model)
+    x = np.random.default_rng(6).random((4, 90, 70)).astype(np.float32)
+    assert np.abs(infer(model, x, tile=32) - infer(model, x)).max() <= 1e-5
+    assert model._receptive_radius[1] > 0  # it took the margin path
+    assert "interpolate" in why_not_streamed(model) and why_not_streamed(trained_like("nafnet")) is None
+
+
+def test_a_copy_of_a_streamed_model_streams_its_own_weights():
+    """The trace that streaming keeps calls the model's layers: a deep copy (an EMA, a float64 probe)
+    with other weights must not run the original's."""
+    import copy
+
+    model = trained_like("unet", "ksigma")
+    x = np.random.default_rng(7).random((4, 80, 64)).astype(np.float32) * 0.6
+    infer(model, x, tile=32, noise=(1e-3, 1e-5))
+    other = copy.deepcopy(model)
+    torch.nn.init.normal_(other.head.weight, std=0.1)
+    whole = infer(other, x, noise=(1e-3, 1e-5))
+    assert np.abs(infer(other, x, tile=32, noise=(1e-3, 1e-5)) - whole).max() <= 1e-5
+    assert np.abs(infer(model, x, noise=(1e-3, 1e-5)) - whole).max() > 1e-3
