@@ -1,16 +1,18 @@
 """The whole predict process on one contest-size frame, tiled against whole-frame: seconds, peak RSS, and
 how many output DN differ from the whole frame's.
 
-    python bench/bench_predict_frame.py [--model unet] [--margin 112] [--tiles 384,512] [--repeats 3]
-        [--precision fp32] [--contest zte2022]
+    python bench/bench_predict_frame.py [--model unet] [--margin 112] [--tiles 384,512] [--margin-tiles 512]
+        [--repeats 3] [--precision fp32] [--contest zte2022]
 
 Issue 11's figure: at predict's default settings, tiled / whole <= 1.10x with the process's peak RSS
 <= 1 GB (decode, packed frame, output and write-back included, not the model alone as bench_tiling
-measures) and >= 99.99 % of DN identical to the whole frame's (max 1 DN). The frame is a collage of the
-demo's test photographs through the contest's camera and noise model, with its NoiseProfile tag; the
-model is the architecture with a small random last layer (so it changes every pixel), told a margin
-as a trained one measures (`--margin`, default 112: the baseline U-Net's architectural reach, which a
-trained one's influence fills) through the run folder's inference.json, as predict reads it. Every
+measures) and >= 99.99 % of DN identical to the whole frame's (max 1 DN). `--tiles` run as predict runs
+them by default (streamed strips for a model that streams), `--margin-tiles` as square tiles with a
+margin (`predict --no-stream`). The frame is a collage of the demo's test photographs through the
+contest's camera and noise model, with its NoiseProfile tag; the model is the architecture with a
+small random last layer (so it changes every pixel), told a margin as a trained one measures
+(`--margin`, default 112: the baseline U-Net's architectural reach, which a trained one's influence
+fills) through the run folder's inference.json, as predict reads it (streamed strips need none). Every
 setting runs `--repeats` times, interleaved, each in its own process (its peak RSS its own); the best
 time and the largest peak are reported.
 """
@@ -77,11 +79,11 @@ finally:
 """
 
 
-def predict(run: Path, frames: Path, output: Path, tile: int, precision: str) -> tuple[float, float]:
+def predict(run: Path, frames: Path, output: Path, tile: int, stream: bool, precision: str) -> tuple[float, float]:
     """(seconds of the whole process, its peak RSS in MiB)."""
     command = [sys.executable, "-c", _MEASURED, str(ROOT / "submission" / "predict.py"), "--run", str(run),
                "--input", str(frames), "--output", str(output), "--tile", str(tile), "--precision", precision,
-               "--no-tta", "--quiet"]  # fmt: skip
+               "--no-tta", "--quiet", "--stream" if stream else "--no-stream"]  # fmt: skip
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -96,33 +98,36 @@ def main() -> None:
     parser.add_argument("--model", default="unet")
     parser.add_argument("--margin", type=int, default=112, help="the margin the run declares (default: %(default)s)")
     parser.add_argument("--tiles", default=str(DEFAULT_TILE), help="tile sides to time against whole frames (default: %(default)s, predict's)")
+    parser.add_argument("--margin-tiles", default="", help="tile sides to time as square tiles with margins (predict --no-stream)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     cli.add_contest_argument(parser)
     args = parser.parse_args()
     contest = load_contest(args.contest)
     print(machine_line())
-    settings = [0] + [int(t) for t in args.tiles.split(",")]
+    settings = [(0, True)] + [(int(t), True) for t in args.tiles.split(",") if t]
+    settings += [(int(t), False) for t in args.margin_tiles.split(",") if t]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make_frame(tmp / "testset", contest)
         make_run(tmp / "run", args.model, args.margin)
-        times = {t: [] for t in settings}
-        peaks = {t: 0.0 for t in settings}
+        times = {setting: [] for setting in settings}
+        peaks = dict.fromkeys(settings, 0.0)
         for _ in range(args.repeats):
-            for tile in settings:
-                seconds, peak = predict(tmp / "run", tmp / "testset", tmp / f"out{tile}", tile, args.precision)
-                times[tile].append(seconds)
-                peaks[tile] = max(peaks[tile], peak)
+            for tile, stream in settings:
+                seconds, peak = predict(tmp / "run", tmp / "testset", tmp / f"out{tile}{stream}", tile, stream, args.precision)
+                times[tile, stream].append(seconds)
+                peaks[tile, stream] = max(peaks[tile, stream], peak)
         name = contest.submission.output.name(0)
-        whole = read(tmp / "out0" / name).mosaic.astype(np.int32)
+        whole = read(tmp / "out0True" / name).mosaic.astype(np.int32)
         print(f"{args.model}, margin {args.margin}, {args.precision}, one {contest.height}x{contest.width} frame, "
               f"whole predict process, best of {args.repeats} (interleaved):")  # fmt: skip
-        print(f"{'tile':>6} {'seconds':>8} {'x whole':>8} {'peak RSS':>10} {'DN identical':>13} {'max |dDN|':>9}")
-        for tile in settings:
-            diff = np.abs(read(tmp / f"out{tile}" / name).mosaic.astype(np.int32) - whole)
-            label = "whole" if tile == 0 else str(tile)
-            print(f"{label:>6} {min(times[tile]):8.1f} {min(times[tile]) / min(times[0]):8.2f} {peaks[tile]:7.0f} MiB "
+        print(f"{'tile':>13} {'seconds':>8} {'x whole':>8} {'peak RSS':>10} {'DN identical':>13} {'max |dDN|':>9}")
+        for tile, stream in settings:
+            diff = np.abs(read(tmp / f"out{tile}{stream}" / name).mosaic.astype(np.int32) - whole)
+            label = "whole" if tile == 0 else f"{tile} {'streamed' if stream else 'margins'}"
+            best = min(times[tile, stream])
+            print(f"{label:>13} {best:8.1f} {best / min(times[0, True]):8.2f} {peaks[tile, stream]:7.0f} MiB "
                   f"{100 * np.mean(diff == 0):12.4f}% {int(diff.max()):9d}")  # fmt: skip
 
 

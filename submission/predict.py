@@ -37,10 +37,10 @@ from rawdenoise.measured import read_measured, update_measured
 from rawdenoise.run_folder import Run, existing_weights
 from rawdenoise.raw import canonical_mosaic, check_writable, dihedral, pack_canonical, phase_offset, read, write_back
 from rawdenoise.tiff import locate_raw
-from rawdenoise.tiling import adopt_radius, infer, known_radius
+from rawdenoise.tiling import adopt_radius, infer, known_radius, why_not_streamed
 
-DEFAULT_TILE = 512  # packed pixels, at most: the whole predict process under 1 GB on a contest frame at the whole
-# frame's speed with the baseline U-Net and a trained-like margin (bench/bench_predict_frame.py)
+DEFAULT_TILE = 384  # packed pixels: strips of 48 rows on a contest frame (2312 packed columns), the whole predict
+# process at about 0.8 GB and the whole frame's speed with the baseline U-Net (bench/bench_predict_frame.py)
 
 
 def _forward(packed: np.ndarray, op: int) -> np.ndarray:
@@ -58,14 +58,15 @@ def _backward(packed: np.ndarray, op: int) -> np.ndarray:
 
 
 def denoise(model: torch.nn.Module, packed: np.ndarray, tile: int | None, tta: bool = False, noise=None,
-            precision: str = "fp32") -> np.ndarray:  # fmt: skip
+            precision: str = "fp32", stream: bool = True) -> np.ndarray:  # fmt: skip
     """A normalised packed frame through the model, optionally averaged over the 8 Bayer-preserving
-    flips and transposes (test-time augmentation). `noise`: the frame's (a, b); `precision`: fp32 or bf16."""
+    flips and transposes (test-time augmentation). `noise`: the frame's (a, b); `precision`: fp32 or bf16;
+    `stream`: tiles as streamed strips where the model allows (rawdenoise.tiling.infer)."""
     if not tta:
-        return infer(model, packed, tile, noise=noise, precision=precision)
+        return infer(model, packed, tile, noise=noise, precision=precision, stream=stream)
     total = np.zeros_like(packed, dtype=np.float64)
     for op in range(8):
-        total += _backward(infer(model, _forward(packed, op), tile, noise=noise, precision=precision), op)
+        total += _backward(infer(model, _forward(packed, op), tile, noise=noise, precision=precision, stream=stream), op)
     return (total / 8).astype(np.float32)
 
 
@@ -160,7 +161,7 @@ def read_manifest(output_dir: Path) -> dict | None:
 
 
 def predict_folder(model, input_dir: Path, output_dir: Path, contest, tile: int | None, tta: bool, progress: bool,
-                   noise="auto", precision: str = "fp32") -> list[Path]:  # fmt: skip
+                   noise="auto", precision: str = "fp32", stream: bool = True) -> list[Path]:  # fmt: skip
     """Every test input -> its prediction in output_dir. The set is written to a staging folder that
     replaces output_dir only once every frame is done: a failure leaves an earlier set untouched, never a mix."""
     inputs = contest.layout.test_noisy.bare.find(input_dir)
@@ -186,7 +187,7 @@ def predict_folder(model, input_dir: Path, output_dir: Path, contest, tile: int 
             frame, packed, profile = loading.result()
             if k + 1 < len(items):
                 loading = io.submit(load, items[k + 1][1])
-            output = denoise(model, packed, tile, tta, profile, precision)
+            output = denoise(model, packed, tile, tta, profile, precision, stream)
             del packed
             if writing is not None:
                 writing.result()
@@ -205,7 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", required=True, help="folder of test inputs (noisy{i}.dng)")
     parser.add_argument("--output", help="folder for denoise{i}.dng (default: RUN/result/data)")
     parser.add_argument("--tile", type=int, default=DEFAULT_TILE,
-                        help="tile side in packed pixels; 0 runs whole frames (default: %(default)s)")  # fmt: skip
+                        help="work on about N x N packed pixels at a time, exactly as on the whole frame; "
+                             "0 runs whole frames (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
+                        help="run the tiles as strips streamed down the frame layer by layer, every pixel "
+                             "computed once, where the model's operations allow (every registered model's do); "
+                             "--no-stream: square tiles, each with a margin of the model's measured reach "
+                             "(default: stream)")  # fmt: skip
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction,
                         help="average the 8 Bayer-preserving flips/transposes, 8x the model's time "
                              "(default: the run's recipe's [predict] tta, else off)")  # fmt: skip
@@ -242,16 +249,18 @@ def main(argv=None) -> int:
         raise InputError("--output is needed without --run")
     if args.tile < 0:
         raise InputError(f"--tile must be 0 (whole frames) or positive, got {args.tile}")
+    if args.tile and args.stream and why_not_streamed(model):
+        print(f"note: {name} runs in square tiles with margins, not streamed strips: {why_not_streamed(model)}", file=sys.stderr)
     start = time.perf_counter()
     manifest_path(output).unlink(missing_ok=True)  # a failure below leaves no manifest of another set
     tta = args.tta if args.tta is not None else bool(run and run.tta)
     written = predict_folder(model, Path(args.input), output, contest, args.tile or None, tta, not args.quiet,
-                             args.noise, chosen)  # fmt: skip
+                             args.noise, chosen, args.stream)  # fmt: skip
     try:  # a record for the later stages (pack's default inputs); the predictions are complete without it
         write_manifest(output, {
             "inputs": str(Path(args.input).resolve()), "frames": len(written), "contest": contest.name,
             "model": {"name": name, "args": kwargs, "weights": str(weights.resolve())},
-            "tile": args.tile or None, "tta": tta, "precision": chosen, "noise": args.noise,
+            "tile": args.tile or None, "stream": args.stream, "tta": tta, "precision": chosen, "noise": args.noise,
         })  # fmt: skip
     except OSError as err:
         print(f"note: could not write {manifest_path(output)}: {err.strerror or err}; pack will need --input", file=sys.stderr)

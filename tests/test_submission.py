@@ -19,6 +19,7 @@ from rawdenoise.metrics import psnr
 from rawdenoise.models import build_model
 from rawdenoise.raw import read
 from rawdenoise.tiling import TOLERANCE, receptive_radius
+from submission.predict import DEFAULT_TILE
 from train.config import write_toml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,11 +83,13 @@ def test_predict_with_a_real_model_stays_in_range_and_tiles_match_whole_frames(d
 
 
 def test_the_tiles_margin_is_measured_once_per_weights_and_kept_in_the_run_folder(demo, tmp_path):
+    """Square tiles (--no-stream; what a model that cannot stream gets) need the model's reach."""
     run = make_run(tmp_path / "run", head_std=0.05)
     inputs = str(demo / "testset")
 
     def predict(name: str) -> np.ndarray:
-        result = tool("submission/predict.py", "--run", str(run), "--input", inputs, "--output", str(tmp_path / name), "--tile", "32")
+        result = tool("submission/predict.py", "--run", str(run), "--input", inputs, "--output", str(tmp_path / name), "--tile", "32",
+                      "--no-stream")  # fmt: skip
         assert result.returncode == 0, result.stderr
         return read(tmp_path / name / "denoise0.dng", ZTE).mosaic
 
@@ -167,7 +170,8 @@ def test_pack_writes_exactly_the_contest_layout_and_the_network_loads(demo, tmp_
     assert tool("submission/predict.py", "--run", str(run), "--input", str(demo / "testset")).returncode == 0
     manifest = json.loads((run / "result" / "data.manifest.json").read_text())  # what the set was made from
     assert manifest["inputs"] == str((demo / "testset").resolve()) and manifest["frames"] == len(list((demo / "testset").iterdir()))
-    assert manifest["model"]["name"] == "unet" and manifest["tile"] == 512 and manifest["tta"] is False
+    assert manifest["model"]["name"] == "unet" and manifest["tile"] == DEFAULT_TILE and manifest["stream"] is True
+    assert manifest["tta"] is False
     result = tool("submission/pack.py", "--run", str(run))  # the inputs to check against: the manifest's
     assert result.returncode == 0, result.stderr
     (run / "result" / "data.manifest.json").unlink()
