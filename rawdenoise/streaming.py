@@ -84,7 +84,7 @@ class _Rule:
         """The end of the output rows that input rows [0, available) of height_in determine."""
         return self.geometry.height if available >= height_in else available
 
-    def adjust(self, args, kwargs, r0: int, a: int, b: int):
+    def adjust(self, args, kwargs, r0: int, r1: int, a: int, b: int):
         return args, kwargs
 
     def running(self, traced, node):
@@ -129,10 +129,10 @@ class _RowsUnpaddedConv(_Window):
     def first(self, r0, a, b):
         return r0
 
-    def adjust(self, args, kwargs, r0, a, b):
+    def adjust(self, args, kwargs, r0, r1, a, b):
         start = self.stride * r0 - self.padding
         top = a - start
-        bottom = self.padding if b == self.height_in else 0  # outputs past the strip's are dropped
+        bottom = max(0, start + self.stride * (r1 - r0 - 1) + self.kernel - b)  # zero rows past the frame's end
         window = args[0]
         if top or bottom:
             window = F.pad(window, (0, 0, top, bottom))
@@ -184,7 +184,7 @@ class _RowSlice(_Rule):
     def last(self, available, height_in):
         return self.geometry.height if available >= height_in else max(0, min(self.geometry.height, available - self.start))
 
-    def adjust(self, args, kwargs, r0, a, b):
+    def adjust(self, args, kwargs, r0, r1, a, b):
         return (args[0], self.index), kwargs
 
 
@@ -206,7 +206,7 @@ class _RowPad(_Rule):
     def last(self, available, height_in):
         return self.geometry.height if available >= height_in else available + self.top
 
-    def adjust(self, args, kwargs, r0, a, b):
+    def adjust(self, args, kwargs, r0, r1, a, b):
         pad = list(args[1])
         pad[self.pad_position] = self.top if a == 0 else 0
         pad[self.pad_position + 1] = self.bottom if b == self.height_in else 0
@@ -555,41 +555,51 @@ def stream(model: nn.Module, x: torch.Tensor, noise, rows: int) -> torch.Tensor:
     the module's docstring); NotStreamable (before any work) if the model holds an operation it cannot
     stream. The caller sets the context (inference mode, autocast), as for a plain forward.
 
-    Each step releases `rows` more input rows and every layer, in order, computes all the rows its
-    inputs now determine: each layer advances by its share of a step, and the deep layers' lag (the
-    model's reach) is held once, as the skips' rows waiting for the decoder."""
+    Each step releases `rows` more input rows and every layer, in order, computes the rows its inputs
+    now determine, at most its share of a step: the deep layers' lag (the model's reach) is held once,
+    as the skips' rows waiting for the decoder, and caught up at the end in steps of the same size."""
     plan = _Plan(trace(model), x, noise)
     held = {node: _Held(rule.geometry.rowdim) for node, rule in plan.rules.items()}
     done = dict.fromkeys(plan.rules, 0)
     height = x.shape[-2]
     held[plan.input].add(0, height, x)
+    done[plan.input] = 0
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     inplace = plan.unsafe_in_place()
     for module in inplace:  # an in-place activation would overwrite rows its input still holds for others
         module.inplace = False
     try:
-        for released in range(min(rows, height), height + rows, rows):
-            done[plan.input] = min(released, height)
+        step = {node: _step(rule, rows, height) for node, rule in plan.rules.items()}
+        while done[plan.output] < height:
+            released = done[plan.input]
+            done[plan.input] = min(released + rows, height)
+            progress = done[plan.input] > released
             for node in plan.order:
                 rule = plan.rules[node]
                 available = min(done[source] for source in rule.inputs)
-                r1 = rule.last(available, plan.rules[rule.inputs[0]].geometry.height)
+                r1 = min(rule.last(available, plan.rules[rule.inputs[0]].geometry.height), done[node] + step[node])
                 if r1 < rule.geometry.height:
                     r1 -= r1 % rule.granule
                 if r1 > done[node]:
                     _compute(plan, node, held, done, r1)
+                    progress = True
+            if not progress:
+                raise AssertionError(f"streaming stalled at row {done[plan.output]} of {height}")  # a bug in the rules
             part = held[plan.output]
             for r0, r1, value in part.parts:
                 out[..., r0:r1, :] = value
             part.parts.clear()
-            if released >= height:
-                break
     finally:
         for module in inplace:
             module.inplace = True
-    if done[plan.output] != height:
-        raise AssertionError(f"streaming stopped at row {done[plan.output]} of {height}")  # a bug in the rules
     return out
+
+
+def _step(rule: _Rule, rows: int, height: int) -> int:
+    """The most rows a node computes in one step: its share of `rows` input rows, in whole granules. The
+    deep layers' lag is then caught up at the end in steps of the same size, not all at once."""
+    share = -(-rows * rule.geometry.height // height)
+    return max(rule.granule, -(-share // rule.granule) * rule.granule)
 
 
 def _compute(plan: _Plan, node: fx.Node, held: dict, done: dict, r1: int) -> None:
@@ -601,7 +611,7 @@ def _compute(plan: _Plan, node: fx.Node, held: dict, done: dict, r1: int) -> Non
     if plan.input in windows and windows[plan.input].ndim == 4:  # rows of the frame, channels last as a
         windows[plan.input] = windows[plan.input].contiguous(memory_format=torch.channels_last)  # whole one would be
     with rule.running(plan.traced, node):
-        value = plan._evaluate(node, windows, lambda args, kwargs: rule.adjust(args, kwargs, r0, a, b))
+        value = plan._evaluate(node, windows, lambda args, kwargs: rule.adjust(args, kwargs, r0, r1, a, b))
     c = rule.first(r0, a, b)
     held[node].add(r0, r1, _rows(value, rule.geometry.rowdim, r0 - c, r1 - c))
     done[node] = r1

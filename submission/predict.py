@@ -40,7 +40,7 @@ from rawdenoise.tiff import locate_raw
 from rawdenoise.tiling import adopt_radius, infer, known_radius, why_not_streamed
 
 DEFAULT_TILE = 384  # packed pixels: strips of 48 rows on a contest frame (2312 packed columns), the whole predict
-# process at about 0.8 GB and the whole frame's speed with the baseline U-Net (bench/bench_predict_frame.py)
+# process under 0.8 GB at the whole frame's speed with the baseline U-Net (bench/bench_predict_frame.py)
 
 
 def _forward(packed: np.ndarray, op: int) -> np.ndarray:
