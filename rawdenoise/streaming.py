@@ -204,7 +204,9 @@ class _RowPad(_Rule):
         return 0 if a == 0 else a + self.top
 
     def last(self, available, height_in):
-        return self.geometry.height if available >= height_in else available + self.top
+        if available >= height_in:
+            return self.geometry.height
+        return available + self.top if available > 0 else 0  # a padding row copies, or needs, a real one
 
     def adjust(self, args, kwargs, r0, r1, a, b):
         pad = list(args[1])
@@ -266,20 +268,30 @@ def _clone(value):
     return tuple(_clone(v) for v in value) if isinstance(value, tuple) else value.clone()
 
 
-_TRACES: "weakref.WeakKeyDictionary[nn.Module, fx.GraphModule]" = weakref.WeakKeyDictionary()
+_TRACES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
-    """The model's operations, traced once. The trace calls the model's own submodules, so it is kept
-    beside the model (not on it, where a deep copy of the model would carry the original's layers)."""
-    traced = _TRACES.get(model)
-    if traced is None:
+def _fingerprint(model: nn.Module) -> tuple:
+    """What a trace holds of the model: its layers, parameters and buffers, as objects (a trace made
+    before one of them was replaced would run the old one)."""
+    return tuple((name, id(value)) for named in (model.named_modules(), model.named_parameters(), model.named_buffers())
+                 for name, value in named)  # fmt: skip
+
+
+def trace(model: nn.Module, blind: bool = False) -> fx.GraphModule:
+    """The model's operations (with noise=None specialised in when `blind`, so `if noise is None` takes
+    its real branch), traced once while the model's layers stay the same objects. Kept beside the model,
+    not on it, where a deep copy of the model would carry the original's layers."""
+    key = (blind, _fingerprint(model))
+    traces = _TRACES.setdefault(model, {})
+    if key not in traces:
         try:
-            traced = fx.symbolic_trace(model)
+            traced = fx.symbolic_trace(model, concrete_args={"noise": None} if blind else None)
         except Exception as err:  # data-dependent control flow and the like: fx says why
             raise NotStreamable(f"torch.fx cannot trace it ({type(err).__name__}: {err})") from None
-        _TRACES[model] = traced
-    return traced
+        traces.clear()  # the layers changed: older traces are stale
+        traces[key] = traced
+    return traces[key]
 
 
 def check(model: nn.Module) -> None:
@@ -290,7 +302,74 @@ def check(model: nn.Module) -> None:
     side = 2 ** (int(getattr(model, "depth", 0)) + 1)
     x = torch.zeros(1, 4, side, side, dtype=parameter.dtype, device=parameter.device)
     with torch.inference_mode():
-        _Plan(trace(model), x, torch.tensor([PROBE_NOISE], dtype=parameter.dtype, device=parameter.device))
+        _plan(model, x, torch.tensor([PROBE_NOISE], dtype=parameter.dtype, device=parameter.device))
+
+
+def _plan(model: nn.Module, x: torch.Tensor, noise) -> "_Plan":
+    traced = trace(model, blind=noise is None)
+    with _out_of_place(traced):
+        try:
+            return _Plan(traced, x, noise)
+        except NotStreamable:
+            raise
+        except Exception as err:  # an operation's arguments in a form the rules do not read: not streamable
+            raise NotStreamable(f"its operations could not be read ({type(err).__name__}: {err})") from None
+
+
+# The functional activations that take `inplace`, and its position among their arguments.
+_INPLACE_POSITION = {F.relu: 1, F.silu: 1, F.leaky_relu: 2, F.elu: 2, F.hardtanh: 3}
+# Operations whose output is a view of their first argument (an in-place write through it reaches it).
+_VIEW_FUNCTIONS = {operator.getitem}
+_VIEW_METHODS = {"chunk", "split", "permute", "contiguous", "to", "float", "type_as", "narrow", "view", "unsqueeze"}
+
+
+def _writes_in_place(traced: fx.GraphModule, node: fx.Node) -> bool:
+    if node.op == "call_module":
+        return getattr(traced.get_submodule(node.target), "inplace", False) is True
+    if node.op == "call_function" and node.target in _INPLACE_POSITION:
+        position = _INPLACE_POSITION[node.target]
+        return bool(node.kwargs.get("inplace", node.args[position] if len(node.args) > position else False))
+    return node.op == "call_method" and isinstance(node.target, str) and node.target.endswith("_") and not node.target.startswith("_")
+
+
+@contextlib.contextmanager
+def _out_of_place(traced: fx.GraphModule):
+    """In-place activations run out of place (one would overwrite rows its input still holds for a
+    lagging consumer). Where the whole frame relies on the write (the overwritten tensor is read
+    again later), the model does not stream."""
+    modules = []
+    order = {node: k for k, node in enumerate(traced.graph.nodes)}
+    for node in traced.graph.nodes:
+        if not _writes_in_place(traced, node):
+            continue
+        if node.op == "call_method":
+            raise NotStreamable(f"{node.name} (.{node.target}()) writes in place")
+        base = node.args[0]
+        while isinstance(base, fx.Node) and (base.op == "call_function" and base.target in _VIEW_FUNCTIONS
+                                             or base.op == "call_method" and base.target in _VIEW_METHODS):  # fmt: skip
+            base = base.args[0]
+        if isinstance(base, fx.Node) and any(order[user] > order[node] for user in _readers(base)):
+            raise NotStreamable(f"{node.name} writes in place over a tensor that is read again after it")
+        if node.op == "call_module":
+            modules.append(traced.get_submodule(node.target))
+    for module in modules:
+        module.inplace = False
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.inplace = True
+
+
+def _readers(node: fx.Node) -> set:
+    """Every node that reads `node`, directly or through views of it."""
+    readers, pending = set(), [node]
+    while pending:
+        for user in pending.pop().users:
+            readers.add(user)
+            if user.op == "call_function" and user.target in _VIEW_FUNCTIONS or user.op == "call_method" and user.target in _VIEW_METHODS:
+                pending.append(user)
+    return readers
 
 
 class _Plan:
@@ -360,24 +439,9 @@ class _Plan:
                     return value
 
             x = self.values[self.input]
-            Recorder(self.traced).run(x[..., :32, :32], self.values[self.noise])
+            Recorder(self.traced).run(x[..., :32, :32].clone(), self.values[self.noise])
             self._small = recorded
         return self._small
-
-    def unsafe_in_place(self) -> list[nn.Module]:
-        """The in-place activations that would overwrite rows another consumer still reads: those run on
-        the frame itself or on a tensor with other consumers, and any called more than once. The others
-        may keep working in place: they read the newest rows of their input, which nothing reads again."""
-        calls: dict[nn.Module, list[fx.Node]] = {}
-        for node in self.order:
-            if node.op == "call_module" and getattr(self._module(node), "inplace", False) is True:
-                calls.setdefault(self._module(node), []).append(node)
-        unsafe = []
-        for module, nodes in calls.items():
-            source = self.rules[nodes[0]].inputs[0]
-            if len(nodes) > 1 or source is self.input or len(source.users) > 1:
-                unsafe.append(module)
-        return unsafe
 
     def _describe(self, node) -> str:
         """The operation in the model's own terms, for a message."""
@@ -397,6 +461,10 @@ class _Plan:
         args, kwargs = self._resolve(node.args, windows), self._resolve(node.kwargs, windows)
         if adjust is not None:
             args, kwargs = adjust(args, kwargs)
+        if node.op == "call_function" and node.target in _INPLACE_POSITION:  # out of place (_out_of_place)
+            position = _INPLACE_POSITION[node.target]
+            args = args[:position] + (False,) + args[position + 1 :] if len(args) > position else args
+            kwargs = {**kwargs, "inplace": False} if "inplace" in kwargs else kwargs
         if node.op == "call_function":
             return node.target(*args, **kwargs)
         if node.op == "call_method":
@@ -426,13 +494,18 @@ class _Plan:
                 else:
                     padding = module.padding[0]
                 kernel = module.dilation[0] * (module.kernel_size[0] - 1) + 1
+                if padding >= kernel:
+                    raise NotStreamable(f"{what}: padding of {padding} rows makes rows of padding alone")
+                if module.padding_mode == "circular" or module.padding_mode != "zeros" and 2 * padding > kernel - 1:
+                    raise NotStreamable(f"{what}: {module.padding_mode} padding of {padding} rows reaches past its window")
                 if padding and module.padding_mode == "zeros" and not isinstance(module.padding, str):
                     height = (g.height + 2 * padding - kernel) // module.stride[0] + 1
                     geometry = _Geometry(g.rowdim, g.ndim, height)
                     return _RowsUnpaddedConv(geometry, spatial, kernel, module.stride[0], padding, g.height)
                 return self._window(g, spatial, kernel, module.stride[0], padding)
             if isinstance(module, nn.ConvTranspose2d) and g.rowdim == g.ndim - 2:
-                if module.kernel_size[0] == module.stride[0] and module.padding[0] == 0 and module.output_padding[0] == 0:
+                if (module.kernel_size[0] == module.stride[0] and module.padding[0] == 0 and module.output_padding[0] == 0
+                        and module.dilation[0] == 1):  # fmt: skip
                     return _Upsample(_Geometry(g.rowdim, g.ndim, g.height * module.stride[0]), spatial, module.stride[0])
             if isinstance(module, nn.PixelShuffle) and g.rowdim == g.ndim - 2:
                 factor = module.upscale_factor
@@ -460,7 +533,8 @@ class _Plan:
             dims = {d % g.ndim for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
             if g.rowdim in dims:
                 raise NotStreamable(f"{what} reduces over rows")
-            if kwargs.get("keepdim", args[2] if len(args) > 2 else False):
+            position = 3 if target in ("var", "std") else 2  # var and std take `unbiased` before keepdim
+            if kwargs.get("keepdim", args[position] if len(args) > position else False):
                 return _Rule(g, spatial)
             shift = sum(d < g.rowdim for d in dims)
             return _Rule(_Geometry(g.rowdim - shift, g.ndim - len(dims), g.height), spatial)
@@ -470,7 +544,7 @@ class _Plan:
                 raise NotStreamable(f"{what} splits rows")
             return _Rule(g, spatial)
         if node.op == "call_method" and target == "permute":
-            dims = args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:]
+            dims = kwargs.get("dims") or (args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:])
             dims = [d % g.ndim for d in dims]
             return _Rule(_Geometry(dims.index(g.rowdim), g.ndim, g.height), spatial)
         if node.op == "call_function" and target is operator.getitem:
@@ -495,7 +569,7 @@ class _Plan:
 
     def _broadcast(self, node, g, spatial, args, kwargs) -> _Rule:
         """A row-local operation: other tensors must not vary along the row dimension."""
-        ndim = g.ndim
+        ndim = max(o.ndim for o in (self.rules[n].geometry for n in spatial))
         for value in _flat((args, kwargs)):
             if torch.is_tensor(value):
                 ndim = max(ndim, value.ndim)
@@ -534,6 +608,9 @@ class _Plan:
         top, bottom = pad[position], pad[position + 1]
         if top < 0 or bottom < 0:
             raise NotStreamable(f"{self._describe(node)} crops rows")
+        mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
+        if (top or bottom) and mode not in ("constant", "replicate"):  # reflect and circular read rows far away
+            raise NotStreamable(f"{self._describe(node)}: {mode} padding of rows")
         if len(args) < 2:
             raise NotStreamable(f"{self._describe(node)}: pad given by keyword")
         return _RowPad(_Geometry(g.rowdim, g.ndim, g.height + top + bottom), spatial, top, bottom, g.height, position)
@@ -558,17 +635,13 @@ def stream(model: nn.Module, x: torch.Tensor, noise, rows: int) -> torch.Tensor:
     Each step releases `rows` more input rows and every layer, in order, computes the rows its inputs
     now determine, at most its share of a step: the deep layers' lag (the model's reach) is held once,
     as the skips' rows waiting for the decoder, and caught up at the end in steps of the same size."""
-    plan = _Plan(trace(model), x, noise)
+    plan = _plan(model, x, noise)
     held = {node: _Held(rule.geometry.rowdim) for node, rule in plan.rules.items()}
     done = dict.fromkeys(plan.rules, 0)
     height = x.shape[-2]
     held[plan.input].add(0, height, x)
-    done[plan.input] = 0
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    inplace = plan.unsafe_in_place()
-    for module in inplace:  # an in-place activation would overwrite rows its input still holds for others
-        module.inplace = False
-    try:
+    out = None
+    with _out_of_place(plan.traced):
         step = {node: _step(rule, rows, height) for node, rule in plan.rules.items()}
         while done[plan.output] < height:
             released = done[plan.input]
@@ -587,11 +660,10 @@ def stream(model: nn.Module, x: torch.Tensor, noise, rows: int) -> torch.Tensor:
                 raise AssertionError(f"streaming stalled at row {done[plan.output]} of {height}")  # a bug in the rules
             part = held[plan.output]
             for r0, r1, value in part.parts:
+                if out is None:  # the output's own shape (its channels need not be the input's)
+                    out = value.new_empty((*value.shape[:-2], height, value.shape[-1]))
                 out[..., r0:r1, :] = value
             part.parts.clear()
-    finally:
-        for module in inplace:
-            module.inplace = True
     return out
 
 
@@ -613,8 +685,9 @@ def _compute(plan: _Plan, node: fx.Node, held: dict, done: dict, r1: int) -> Non
     with rule.running(plan.traced, node):
         value = plan._evaluate(node, windows, lambda args, kwargs: rule.adjust(args, kwargs, r0, r1, a, b))
     c = rule.first(r0, a, b)
-    held[node].add(r0, r1, _rows(value, rule.geometry.rowdim, r0 - c, r1 - c))
     done[node] = r1
+    if plan.users[node] or node is plan.output:  # a result nothing reads is not kept
+        held[node].add(r0, r1, _rows(value, rule.geometry.rowdim, r0 - c, r1 - c))
     for source in rule.inputs:
         if source is plan.input:
             continue

@@ -167,9 +167,12 @@ def infer(model: torch.nn.Module, packed, tile: int | None = None, batch: int = 
             tile = None  # whole-frame inference, and needs no margin (whose probe costs seconds a model)
         elif stream and _streams(model):
             rows = max(m, tile * tile // x.shape[2] // m * m)  # whole rows of every level: the same shapes each step
-            with torch.inference_mode(), autocast(precision, device, model):
-                return _run(model, x[None], noise, rows)[0].cpu().numpy()
-        else:  # probed (on a deep copy) before autocast wraps the model's layers
+            try:
+                with torch.inference_mode(), autocast(precision, device, model):
+                    return _run(model, x[None], noise, rows)[0].cpu().numpy()
+            except streaming.NotStreamable as err:  # refused on this frame (before any work): margin tiles
+                model._streams, model._not_streamable = False, str(err)
+        if tile is not None:  # probed (on a deep copy) before autocast wraps the model's layers
             margin = margin_for(model) if margin is None else int(math.ceil(margin / m) * m)
         with torch.inference_mode(), autocast(precision, device, model):  # bf16 wraps the model's signal layers
             if tile is None:

@@ -180,3 +180,68 @@ def test_a_copy_of_a_streamed_model_streams_its_own_weights():
     whole = infer(other, x, noise=(1e-3, 1e-5))
     assert np.abs(infer(other, x, tile=32, noise=(1e-3, 1e-5)) - whole).max() <= 1e-5
     assert np.abs(infer(model, x, noise=(1e-3, 1e-5)) - whole).max() > 1e-3
+
+
+class _Custom(torch.nn.Module):
+    """A contestant's own architecture, from operations beyond the registered models'."""
+
+    depth = 1
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.a = torch.nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect")
+        self.down = torch.nn.Conv2d(4, 8, 3, stride=2, padding=1)
+        self.up = torch.nn.ConvTranspose2d(8, 4, 2, stride=2)
+        self.valid = torch.nn.Conv2d(4, 4, 3)
+        self.norm = torch.nn.LayerNorm(4)
+        self.act = torch.nn.LeakyReLU(0.1, inplace=True)
+
+    def forward(self, x, noise=None):
+        h, w = x.shape[-2:]
+        x = torch.nn.functional.pad(x, (0, w % 2, 0, h % 2), mode="replicate")
+        if noise is not None:  # optional conditioning: a blind call takes the other branch
+            x = x * (1 + noise[:, :1, None, None])
+        y = self.a(x)
+        if self.kind == "in-place over a tensor read again":
+            y = self.a(self.act(y)) + y  # the whole frame adds the activated y: streaming refuses
+        y = y + self.up(self.down(y))
+        y = torch.nn.functional.pad(self.valid(y), (1, 1, 1, 1))
+        y = self.norm(y.permute(dims=(0, 2, 3, 1))).permute(0, 3, 1, 2)
+        return (x + 0.1 * y)[..., :h, :w]
+
+
+@pytest.mark.parametrize("kind", ["streams", "in-place over a tensor read again"])
+@pytest.mark.parametrize("noise", [None, (1e-3, 1e-5)])
+def test_other_architectures_stream_exactly_or_fall_back_to_margin_tiles(kind, noise):
+    model = _Custom(kind).double()
+    x = np.random.default_rng(8).random((4, 75, 41)) - 0.3
+    assert np.abs(infer(model, x, tile=20, noise=noise) - infer(model, x, noise=noise)).max() <= 1e-12
+    assert (why_not_streamed(model) is None) == (kind == "streams")
+    assert model.act.inplace  # left as it was found
+
+
+def test_a_streamed_model_runs_its_layers_as_they_are_now():
+    """A buffer or layer replaced after a frame was streamed (a new gain, weights loaded with assign=True)
+    is what the next frame runs."""
+    model = _Custom("streams").double()
+    x = np.random.default_rng(9).random((4, 60, 30))
+    infer(model, x, tile=16)
+    model.up = torch.nn.ConvTranspose2d(8, 4, 2, stride=2).double()
+    assert np.abs(infer(model, x, tile=16) - infer(model, x)).max() <= 1e-12
+
+
+def test_streaming_keeps_the_output_s_own_channels():
+    model = _OneChannel()
+    x = torch.rand(1, 4, 30, 12)
+    with torch.inference_mode():
+        assert torch.allclose(streaming.stream(model, x, None, 4), model(x), atol=1e-6)
+
+
+class _OneChannel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 1, 3, padding=1)
+
+    def forward(self, x, noise=None):
+        return self.conv(x)
