@@ -3,8 +3,8 @@ its own DNG container (every byte but the pixels kept), values rounded and clipp
 A noise-conditioned model is told each frame's noise profile: its NoiseProfile tag, else the estimate
 from the frame itself (--noise estimate always estimates; --noise A,B sets one for every frame).
 
-    python submission/predict.py --run runs/demo --input work/demo/testset [--tile 512] [--tta | --no-tta] [--noise auto]
-        [--precision fp32|bf16|auto]
+    python submission/predict.py --run runs/demo --input work/demo/testset [--tile 384] [--no-stream]
+        [--tta | --no-tta] [--noise auto] [--precision fp32|bf16|auto]
     python submission/predict.py --weights W --model unet --model-args '{"widths": [16, 32, 64, 128]}' \\
         --input DIR --output DIR
 """
