@@ -64,10 +64,13 @@ class _Geometry:
 
 
 class _Rule:
-    """How a node's output rows [r0, r1) come from the rows [a, b) of its spatial inputs.
+    """How a node's output rows [r0, r1) come from its spatial inputs (this base class: row-local).
 
-    `factor` and `shift` place the output's first row: running the operation on input rows [a, b)
-    yields output rows from first(a). `granule`: output rows are computed in multiples of it."""
+    need(r0, r1): the input rows [a, b) they read. Run on those rows (its arguments changed by
+    adjust(), in the context running() sets), the operation yields output rows from first(r0, a, b)
+    on, of which [r0, r1) are kept. last(available, height_in): how far input rows [0, available)
+    determine the output. `granule`: output rows are computed in multiples of it (an up-sampling's
+    factor)."""
 
     granule = 1
 
@@ -95,7 +98,6 @@ class _Rule:
 class _Window(_Rule):
     """A kernel of `kernel` rows (dilation included) at `stride`, with `padding` rows each side, on an
     input of `height_in` rows."""
-
 
     def __init__(self, geometry, inputs, kernel: int, stride: int, padding: int, height_in: int):
         super().__init__(geometry, inputs)
@@ -150,6 +152,8 @@ class _RowsUnpaddedConv(_Window):
 
 
 class _Upsample(_Rule):
+    """Each input row becomes `granule` output rows (a transposed convolution whose kernel is its
+    stride, a pixel shuffle)."""
 
     def __init__(self, geometry, inputs, factor: int):
         super().__init__(geometry, inputs)
@@ -168,7 +172,6 @@ class _Upsample(_Rule):
 class _RowSlice(_Rule):
     """x[..., start:stop, ...] on the row dimension: the operation runs on exactly the rows it keeps, with
     `index` (Ellipsis expanded) indexing the other dimensions."""
-
 
     def __init__(self, geometry, inputs, start: int, index: tuple):
         super().__init__(geometry, inputs)
@@ -189,8 +192,8 @@ class _RowSlice(_Rule):
 
 
 class _RowPad(_Rule):
-    """F.pad adding `top` and `bottom` rows (any mode), on an input of `height_in` rows."""
-
+    """F.pad adding `top` and `bottom` rows (constant or replicate: a padding row is a constant or the
+    edge row itself), on an input of `height_in` rows."""
 
     def __init__(self, geometry, inputs, top: int, bottom: int, height_in: int, pad_position: int):
         super().__init__(geometry, inputs)
