@@ -249,8 +249,9 @@ def main(argv=None) -> int:
         raise InputError("--output is needed without --run")
     if args.tile < 0:
         raise InputError(f"--tile must be 0 (whole frames) or positive, got {args.tile}")
-    if args.tile and args.stream and why_not_streamed(model):
-        print(f"note: {name} runs in square tiles with margins, not streamed strips: {why_not_streamed(model)}", file=sys.stderr)
+    refusal = why_not_streamed(model) if args.tile and args.stream else None
+    if refusal:
+        print(f"note: {name} runs in square tiles with margins, not streamed strips: {refusal}", file=sys.stderr)
     start = time.perf_counter()
     manifest_path(output).unlink(missing_ok=True)  # a failure below leaves no manifest of another set
     tta = args.tta if args.tta is not None else bool(run and run.tta)
