@@ -117,7 +117,12 @@ runs_suffix() { [[ "$(realpath -m "$(data_dir)")" == "$(realpath -m work/demo)" 
 run_dir() { echo "runs/$RECIPE$(runs_suffix)"; }
 patch_size() { pipeline patch-size "configs/train/$RECIPE.toml"; }
 # One store per data folder and patch size, so recipes with different crops never rebuild each other's.
-patch_store() { echo "work/patches/$(basename "$(cd "$(data_dir)" && pwd)")/p$(patch_size)"; }
+patch_store() {  # each query on its own line: a failing one inside echo's arguments would go unnoticed
+  local size data
+  size="$(patch_size)" || return
+  data="$(cd "$(data_dir)" && pwd)" || return
+  echo "work/patches/$(basename "$data")/p$size"
+}
 
 # A listing of names, sizes and times: cheap to hash, and it changes whenever a file does.
 hash_tree() { find "$@" -type f -printf '%P %s %T@\n' 2>/dev/null | sort | sha256sum | cut -c1-16; }

@@ -4,8 +4,8 @@
 
 For each architecture at its default size (the last layer given small random weights, so the output
 depends on the input), on one frame of the contest's size (or an N x N packed window with `--side`: the
-default ConvNeXt U-Net on a whole contest frame is a GPU's job, and 608 is predict's default tile with
-its margin): the eager time, the compiled model's first
+default ConvNeXt U-Net on a whole contest frame is a GPU's job; 608 was predict's margin-tile window
+before streamed strips): the eager time, the compiled model's first
 call (compilation included) and its steady time, each the best of `--repeats`, all in this one run; and
 the verdict for a test set of `--frames` frames: compiling pays when frames x (eager - compiled) exceeds
 the compile time. Also the largest difference between the two outputs, which should be float32
@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from rawdenoise import cli
+from rawdenoise.contest import load_contest
+from rawdenoise.models import PROBE_NOISE, build_model
+from rawdenoise.precision import autocast
 
-from bench.machine import machine_line  # noqa: E402
-from rawdenoise import cli  # noqa: E402
-from rawdenoise.contest import load_contest  # noqa: E402
-from rawdenoise.models import PROBE_NOISE, build_model  # noqa: E402
-from rawdenoise.precision import autocast  # noqa: E402
+from machine import machine_line
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def trained_like(name: str) -> torch.nn.Module:

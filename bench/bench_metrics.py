@@ -20,15 +20,14 @@ from pathlib import Path
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from rawdenoise import cli
+from rawdenoise.contest import load_contest
+from rawdenoise.cpu import default_workers
+from rawdenoise.metrics import psnr, ssim
+from rawdenoise.raw import write_dng
+from rawdenoise.scoring import Pair, score_pairs, score_pairs_in_processes
 
-from bench.machine import machine_line  # noqa: E402
-from rawdenoise import cli  # noqa: E402
-from rawdenoise.contest import load_contest  # noqa: E402
-from rawdenoise.metrics import psnr, ssim  # noqa: E402
-from rawdenoise.raw import write_dng  # noqa: E402
-from rawdenoise.cpu import default_workers  # noqa: E402
-from rawdenoise.scoring import Pair, score_pairs, score_pairs_in_processes  # noqa: E402
+from machine import machine_line
 
 
 def frame_pair(contest, rng) -> tuple[np.ndarray, np.ndarray]:

@@ -21,19 +21,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from rawdenoise import cli
+from rawdenoise.contest import load_contest
+from rawdenoise.metrics import capped, psnr
+from rawdenoise.models import is_noise_conditioned
+from rawdenoise.noise_estimate import estimate_noise_profile
+from rawdenoise.noise_levels import listed_levels, tagged_level
+from rawdenoise.raw import read
+from rawdenoise.run_folder import Run, run_model
+from rawdenoise.tiling import infer
 
-from bench.machine import machine_line  # noqa: E402
-from rawdenoise import cli  # noqa: E402
-from rawdenoise.contest import load_contest  # noqa: E402
-from rawdenoise.metrics import capped, psnr  # noqa: E402
-from rawdenoise.models import is_noise_conditioned  # noqa: E402
-from rawdenoise.noise_estimate import estimate_noise_profile  # noqa: E402
-from rawdenoise.noise_levels import listed_levels, tagged_level  # noqa: E402
-from rawdenoise.raw import read  # noqa: E402
-from rawdenoise.tiling import infer  # noqa: E402
-from rawdenoise.run_folder import Run  # noqa: E402
-from submission.predict import run_model  # noqa: E402
+from machine import machine_line
+
 
 HARM = 0.05  # dB below the input that counts as harm
 SCALES = (0.5, 0.8, 1.25, 2.0)

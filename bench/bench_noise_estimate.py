@@ -28,15 +28,15 @@ from pathlib import Path
 import numba
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from rawdenoise import cli
+from rawdenoise.contest import load_contest
+from rawdenoise.demo import DEFAULT_SIZE, bundled_photos, collage
+from rawdenoise.noise import mosaic_from_rgb, NoiseLevel, quantise, random_camera, unprocess
+from rawdenoise.noise_estimate import estimate_noise_profile
+from rawdenoise.raw import denormalise, normalise, pack, RawFrame
 
-from bench.machine import cpu_description  # noqa: E402
-from rawdenoise import cli  # noqa: E402
-from rawdenoise.contest import load_contest  # noqa: E402
-from rawdenoise.demo import DEFAULT_SIZE, bundled_photos, collage  # noqa: E402
-from rawdenoise.noise import NoiseLevel, mosaic_from_rgb, quantise, random_camera, unprocess  # noqa: E402
-from rawdenoise.noise_estimate import estimate_noise_profile  # noqa: E402
-from rawdenoise.raw import RawFrame, denormalise, normalise, pack  # noqa: E402
+from machine import cpu_description
+
 
 GAINS = (1.0, 1.0, 0.5, 0.15, 0.05)  # exposure gains; the last two make mostly-dark frames
 DARK_GAIN = 0.15

@@ -21,20 +21,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from rawdenoise import cli
+from rawdenoise.contest import load_contest
+from rawdenoise.metrics import capped, psnr
+from rawdenoise.models import PROBE_NOISE, is_noise_conditioned
+from rawdenoise.noise_estimate import frame_noise_profile
+from rawdenoise.precision import bf16_hardware
+from rawdenoise.raw import read
+from rawdenoise.run_folder import Run, run_model
+from rawdenoise.tiling import infer
 
-from bench.machine import machine_line  # noqa: E402
-from rawdenoise import cli  # noqa: E402
-from rawdenoise.contest import load_contest  # noqa: E402
-from rawdenoise.metrics import capped, psnr  # noqa: E402
-from rawdenoise.models import PROBE_NOISE, is_noise_conditioned  # noqa: E402
-from rawdenoise.noise_estimate import frame_noise_profile  # noqa: E402
-from rawdenoise.precision import bf16_hardware  # noqa: E402
-from rawdenoise.raw import read  # noqa: E402
-from rawdenoise.tiling import infer  # noqa: E402
-from rawdenoise.run_folder import Run  # noqa: E402
-from submission.predict import run_model  # noqa: E402
+from machine import machine_line
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def best_time(fn, repeats: int) -> float:

@@ -13,6 +13,7 @@ submission/predict.py's predict_folder end to end. The ratio of the last to the 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import tempfile
 import time
@@ -20,19 +21,26 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from rawdenoise import cli
+from rawdenoise.contest import load_contest
+from rawdenoise.measured import read_measured
+from rawdenoise.models import is_noise_conditioned
+from rawdenoise.noise_estimate import frame_noise_profile
+from rawdenoise.raw import read, write_back
+from rawdenoise.run_folder import Run, run_model
+from rawdenoise.tiling import DEFAULT_TILE, adopt_radius
 
-from bench.machine import machine_line  # noqa: E402
-from rawdenoise import cli  # noqa: E402
-from rawdenoise.contest import load_contest  # noqa: E402
-from rawdenoise.measured import read_measured  # noqa: E402
-from rawdenoise.models import is_noise_conditioned  # noqa: E402
-from rawdenoise.noise_estimate import frame_noise_profile  # noqa: E402
-from rawdenoise.raw import read, write_back  # noqa: E402
-from rawdenoise.tiling import adopt_radius  # noqa: E402
-from rawdenoise.run_folder import Run  # noqa: E402
-from submission.predict import DEFAULT_TILE, denoise, predict_folder, run_model  # noqa: E402
+from machine import machine_line
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def predict_command():
+    """submission/predict.py as a module: its predict_folder is what the command runs, timed here."""
+    spec = importlib.util.spec_from_file_location("predict_command", ROOT / "submission" / "predict.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def best(fn, repeats: int) -> float:
@@ -62,6 +70,7 @@ def main() -> None:
     inputs = contest.layout.test_noisy.bare.find(Path(args.data) / contest.layout.test_noisy.folder)
     conditioned = is_noise_conditioned(model)
     tile = args.tile or None
+    predict = predict_command()
     print(machine_line())
 
     frames = {i: read(p, contest) for i, p in inputs.items()}
@@ -71,7 +80,7 @@ def main() -> None:
 
     def model_only():
         for i in frames:
-            outputs[i] = denoise(model, packed[i], tile, tta, profiles[i], args.precision)
+            outputs[i] = predict.denoise(model, packed[i], tile, tta, profiles[i], args.precision)
 
     model_only()  # warm-up: kernels, and the receptive-field probe if tiles need one
     model_time = best(model_only, args.repeats)
@@ -86,8 +95,8 @@ def main() -> None:
                 write_back(path, names.path(Path(tmp), i), frame.to_mosaic(outputs[i]), frame.layout)
 
         io_time = best(io_only, args.repeats)
-        whole = best(lambda: predict_folder(model, Path(args.data) / contest.layout.test_noisy.folder, Path(tmp) / "out",
-                                            contest, tile, tta, False, "auto", args.precision), args.repeats)  # fmt: skip
+        whole = best(lambda: predict.predict_folder(model, Path(args.data) / contest.layout.test_noisy.folder, Path(tmp) / "out",
+                                                    contest, tile, tta, False, "auto", args.precision), args.repeats)  # fmt: skip
     print(f"{run} on {len(inputs)} frames of {args.data}, {args.precision}, tile {tile}, TTA {'on' if tta else 'off'}:")
     print(f"  model alone {model_time:.2f} s; I/O alone (decode, noise profile, write-back) {io_time:.2f} s; "
           f"sequential would be {model_time + io_time:.2f} s ({(model_time + io_time) / model_time:.2f}x)")

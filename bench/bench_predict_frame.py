@@ -29,20 +29,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from rawdenoise import cli
+from rawdenoise.contest import load_contest
+from rawdenoise.demo import clean_mosaic, plan
+from rawdenoise.measured import write_measured
+from rawdenoise.noise import contest_noise_levels, quantise
+from rawdenoise.raw import normalise, read, write_dng
+from rawdenoise.recipe import write_toml
+from rawdenoise.tiling import DEFAULT_TILE, TOLERANCE
 
-from bench.bench_tiling import model_for  # noqa: E402
-from bench.machine import machine_line  # noqa: E402
-from rawdenoise import cli  # noqa: E402
-from rawdenoise.contest import load_contest  # noqa: E402
-from rawdenoise.demo import clean_mosaic, plan  # noqa: E402
-from rawdenoise.measured import write_measured  # noqa: E402
-from rawdenoise.noise import contest_noise_levels, quantise  # noqa: E402
-from rawdenoise.raw import normalise, read, write_dng  # noqa: E402
-from rawdenoise.tiling import TOLERANCE  # noqa: E402
-from submission.predict import DEFAULT_TILE  # noqa: E402
-from train.config import write_toml  # noqa: E402
+from bench_tiling import model_for
+from machine import machine_line
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_frame(folder: Path, contest) -> None:

@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from rawdenoise import cli
+from rawdenoise.contest import load_contest
+from rawdenoise.models import PROBE_NOISE, build_model
+from rawdenoise.tiling import infer, margin_for
 
-from bench.machine import machine_line  # noqa: E402
-from rawdenoise import cli  # noqa: E402
-from rawdenoise.contest import load_contest  # noqa: E402
-from rawdenoise.models import PROBE_NOISE, build_model  # noqa: E402
-from rawdenoise.tiling import infer, margin_for  # noqa: E402
+from machine import machine_line
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def model_for(name: str) -> torch.nn.Module:

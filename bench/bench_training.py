@@ -21,17 +21,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from rawdenoise.contest import load_contest
+from rawdenoise.demo import make_demo_dataset
+from rawdenoise.models import PROBE_NOISE, build_model
+from rawdenoise.patch_store import load_meta, make_patch_store, PatchOptions
+from rawdenoise.raw import read
+from rawdenoise.recipe import load_recipe
+from rawdenoise.training_samples import PatchSamples, StepSampler
 
-from bench.machine import machine_line  # noqa: E402
-from rawdenoise.contest import load_contest  # noqa: E402
-from rawdenoise.demo import make_demo_dataset  # noqa: E402
-from rawdenoise.models import PROBE_NOISE, build_model  # noqa: E402
-from rawdenoise.raw import read  # noqa: E402
-from train.config import load_recipe  # noqa: E402
-from train.dataset import PatchSamples, StepSampler  # noqa: E402
-from train.patch_store import PatchOptions, load_meta, make_patch_store  # noqa: E402
+from machine import machine_line
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def our_loop(recipe_path: Path, store: Path, steps: int, warm: int) -> float:

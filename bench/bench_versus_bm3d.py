@@ -21,15 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from rawdenoise import cli
+from rawdenoise.contest import load_contest
+from rawdenoise.metrics import capped, psnr
+from rawdenoise.noise_levels import listed_levels, tagged_level
+from rawdenoise.raw import read
 
-from bench.machine import machine_line  # noqa: E402
-from rawdenoise import cli  # noqa: E402
-from rawdenoise.contest import load_contest  # noqa: E402
-from rawdenoise.metrics import capped, psnr  # noqa: E402
-from rawdenoise.noise_levels import listed_levels, tagged_level  # noqa: E402
-from rawdenoise.raw import read  # noqa: E402
+from machine import machine_line
+
+ROOT = Path(__file__).resolve().parent.parent
+
 
 HARM = 0.05  # dB below the input that counts as harm
 

@@ -28,6 +28,11 @@ def add_contest_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_quiet_argument(parser: argparse.ArgumentParser) -> None:
+    """--quiet: no progress bar (run_all passes it when nobody watches stderr)."""
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def noise_choice(text: str):
     """--noise: "auto" (each frame's NoiseProfile tag, else its estimate), "estimate" (always the
     estimate, tag or not), or "A,B" for every frame."""

@@ -1,7 +1,7 @@
 """Facts measured once on a model's exported weights and kept beside them, so that every process that
 predicts with those weights reads them instead of measuring again: the receptive radius that exact
 tiles need (seconds of probing a model) and what bf16 inference costs in PSNR (which needs the
-validation frames' ground truth, so only training can measure it).
+validation frames' ground truth: training measures it, tools/measure_bf16.py for a run finished elsewhere).
 
 Training writes `runs/X/inference.json` right after `model.pth`. Each record names the sha256 of the
 weights it was measured on and is ignored once they change: a fact never outlives its weights.

@@ -20,6 +20,7 @@ import torch
 
 from rawdenoise.cpu import cpu_flags
 from rawdenoise.errors import InputError
+from rawdenoise.models import probe_input
 
 PRECISIONS = ("fp32", "bf16", "auto")
 MAX_COST_DB = 0.01  # what `auto` lets bf16 cost the model's mean PSNR
@@ -54,16 +55,12 @@ def signal_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     cached = getattr(model, "_signal_layers", None)
     if cached is not None:
         return cached
-    from rawdenoise.models import PROBE_NOISE
-
     order = []
     hooks = [m.register_forward_pre_hook(lambda module, _: order.append(module)) for m in model.modules() if isinstance(m, WEIGHT_LAYERS)]
-    parameter = next(model.parameters())
-    side = 2 ** (int(getattr(model, "depth", 0)) + 1)
+    x, noise = probe_input(model)
     try:
-        with torch.inference_mode(), torch.autocast(parameter.device.type, enabled=False):
-            model(torch.zeros(1, 4, side, side, dtype=parameter.dtype, device=parameter.device),
-                  torch.tensor([PROBE_NOISE], dtype=parameter.dtype, device=parameter.device))  # fmt: skip
+        with torch.inference_mode(), torch.autocast(x.device.type, enabled=False):
+            model(x, noise)
     finally:
         for hook in hooks:
             hook.remove()

@@ -30,7 +30,7 @@ def render_crops(crops: dict) -> dict[str, np.ndarray]:
     gains = np.clip(np.array([green / (gt[0].mean() + 1e-6), 1.0, green / (gt[3].mean() + 1e-6)]), 0.2, 5.0)
     reference = np.stack([gt[0], gt[1:3].mean(0), gt[3]], -1) * gains
     exposure = 0.9 / max(float(np.percentile(reference, 99)), 1e-3)
-    return {k: _to_srgb(v, gains, exposure) for k, v in crops.items() if isinstance(v, np.ndarray)}
+    return {k: _to_srgb(v, gains, exposure) for k, v in crops.items()}
 
 
 def _png(image: np.ndarray) -> str:

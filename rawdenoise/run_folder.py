@@ -1,7 +1,8 @@
 """A run folder as the stages after training see it: the recipe it was trained from and its weights.
 
 Training writes `runs/X/config.toml` (the resolved recipe) and `runs/X/model.pth`; predict, pack and the
-tools that measure a finished run all start from them, and refuse the same way what is not one.
+tools that measure a finished run all start from them and refuse the same way what is not one. predict
+and the measuring tools build the network with its weights through `load_model`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from rawdenoise.errors import InputError
+from rawdenoise.models import build_model
 
 
 def existing_weights(weights: Path) -> Path:
@@ -67,3 +71,20 @@ class Run:
         """The patch store the run trained from (its recipe's data.patches), if it names one."""
         store = self.recipe.get("data", {}).get("patches")
         return Path(store) if store else None
+
+
+def load_model(name: str, kwargs: dict, weights: Path, device) -> torch.nn.Module:
+    """The registered model `name`(**kwargs) with the state_dict in `weights`, on `device`, in eval mode."""
+    existing_weights(weights)
+    model = build_model(name, **kwargs)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as err:  # a foreign or damaged file: torch raises many types
+        raise InputError(f"{weights}: cannot load into {name}({kwargs}): {type(err).__name__}: {err}") from None
+    return model.to(device).eval()
+
+
+def run_model(run: Run, device) -> torch.nn.Module:
+    """A run folder's model with its exported weights (model.pth)."""
+    return load_model(run.model_name, run.model_args, run.weights, device)  # load_model checks it exists

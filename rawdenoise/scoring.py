@@ -51,7 +51,7 @@ class ImageResult:
     psnr: float
     ssim: float
     score: float
-    crops: dict | None = None  # "gt", "pred", optional "noisy": (4, h, w) normalised, plus "black"/"white"
+    crops: dict | None = None  # "gt", "pred", optional "noisy": (4, h, w) normalised
     input_psnr: float | None = None  # the test input's own PSNR, when it was read
     level: Level | None = None  # the input's noise level, when the data say it
 

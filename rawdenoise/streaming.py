@@ -34,6 +34,8 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rawdenoise.models import probe_input
+
 
 class NotStreamable(Exception):
     """The model holds an operation whose rows cannot be streamed; the message names it."""
@@ -299,13 +301,8 @@ def trace(model: nn.Module, blind: bool = False) -> fx.GraphModule:
 
 def check(model: nn.Module) -> None:
     """NotStreamable, naming the operation, unless every operation of the model streams."""
-    from rawdenoise.models import PROBE_NOISE
-
-    parameter = next(model.parameters())
-    side = 2 ** (int(getattr(model, "depth", 0)) + 1)
-    x = torch.zeros(1, 4, side, side, dtype=parameter.dtype, device=parameter.device)
     with torch.inference_mode():
-        _plan(model, x, torch.tensor([PROBE_NOISE], dtype=parameter.dtype, device=parameter.device))
+        _plan(model, *probe_input(model))
 
 
 def _plan(model: nn.Module, x: torch.Tensor, noise) -> "_Plan":

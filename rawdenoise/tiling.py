@@ -1,17 +1,20 @@
-"""The one way any stage runs a model on a frame: whole, or in tiles that give the same output.
+"""The one way any stage runs a model on a frame: whole, or a part at a time with the same output.
 
-A contest frame is 16 megapixels; a GPU runs out of memory on it and naive tiles leave seams. Ours
-are exact because they reproduce everything whole-frame inference does:
-- tile starts are multiples of 2**depth, so pooling and up-sampling grids line up with the frame's;
-- each tile runs with a context margin of at least the model's receptive field (measured on the
-  model itself), and only its centre is kept, so no output pixel sees the tile's edge;
-- a tile touching the frame border stops at it, so the model pads and zero-pads exactly as it does
-  for the whole frame (the bottom and right pad to a multiple of 2**depth is the same amount).
-Equal-shaped tiles run in batches, under inference mode, channels-last, in float32 or (precision
-"bf16") with the network's body in bf16 (rawdenoise.precision).
+A contest frame is 16 megapixels; a GPU runs out of memory on it and naive tiles leave seams. There are
+two exact ways to run it a part at a time:
+- streamed strips (the default, for every model whose operations stream: rawdenoise.streaming): the
+  model runs down the frame in strips of rows, layer by layer, each layer keeping only the rows a later
+  one still needs, so every pixel of every layer is computed once and nothing needs a margin;
+- margin tiles (any other model, or stream=False): tile starts are multiples of 2**depth, so pooling
+  and up-sampling grids line up with the frame's; each tile runs with a context margin of at least the
+  model's receptive field (measured on the model itself) and only its centre is kept, so no output
+  pixel sees the tile's edge; a tile touching the frame border stops at it, so the model pads exactly
+  as it does for the whole frame. Equal-shaped tiles can run `batch` at a time.
+Everything runs under inference mode, channels-last, in float32 or (precision "bf16") with the
+network's body in bf16 (rawdenoise.precision).
 
-A noise-conditioned model gets the frame's noise profile (a, b) with every tile: it builds its noise
-map or variance-stabilising transform pointwise inside forward, so tiles stay exact.
+A noise-conditioned model gets the frame's noise profile (a, b) with every strip or tile: it builds its
+noise map or variance-stabilising transform pointwise inside forward, so both ways stay exact.
 """
 
 from __future__ import annotations
@@ -30,6 +33,11 @@ from rawdenoise.precision import autocast
 # A conditioned model's reach may differ with the level it is told (k-sigma scales its input by k/a):
 # it is probed at the middle and at both ends of every contest's range, heavier test noise included.
 PROBE_LEVELS = (PROBE_NOISE, (1e-4, 1e-6), (5e-2, 5e-3))
+
+# predict's --tile default, in packed pixels: about 384 x 384 pixels at a time, which for a streaming
+# model is strips of 48 rows on a contest frame (2312 packed columns): the whole predict process under
+# 0.8 GB at the whole frame's speed with the baseline U-Net (bench/bench_predict_frame.py).
+DEFAULT_TILE = 384
 
 # A tile must match whole-frame output within 1e-5. The probe that measures the receptive field moves
 # one input pixel by 4 (four times full scale) and counts an output pixel as reached when it moves by

@@ -10,15 +10,11 @@ written to a temporary name, re-read as the scorer reads submissions, then renam
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __name__ == "__main__":  # as a script, make the repository's packages importable the same way as tests do
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
 import argparse
 import json
+import sys
 import zipfile
+from pathlib import Path
 
 import torch
 
@@ -26,11 +22,11 @@ from rawdenoise import cli
 from rawdenoise.contest import load_contest
 from rawdenoise.errors import InputError
 from rawdenoise.files import atomic_path
+from rawdenoise.manifest import read_manifest
 from rawdenoise.models import REGISTRY, source_file
 from rawdenoise.raw import check_prediction, read
 from rawdenoise.run_folder import Run
 from rawdenoise.submission_zip import open_submission
-from submission.predict import read_manifest
 
 
 def network_source(name: str, model_args: dict) -> str:
@@ -76,7 +72,7 @@ def readme_text(run: Run, params: int, weights_bytes: int, contest) -> str:
         f"- parameters: {params:,}; weights: {weights_bytes:,} bytes (fp32 state_dict, EMA of the best validation step)",
         f"- training: {train.get('iterations')} iterations, batch {train.get('batch')}, crops of {data.get('crop')} packed "
         f"pixels, {train.get('loss', 'l1')} loss, AdamW lr {train.get('lr')}, EMA {train.get('ema')}",
-        "- inference: tiled, with a margin of the network's measured receptive field (equal to whole-frame)",
+        "- inference: in strips or tiles that give exactly the whole frame's output (no seams)",
         "",
         "Load with `from network import build_network; model = build_network();`",
         "`model.load_state_dict(torch.load('model.pth'))`.",

@@ -11,17 +11,13 @@ from the frame itself (--noise estimate always estimates; --noise A,B sets one f
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __name__ == "__main__":  # as a script, make the repository's packages importable the same way as tests do
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
 import argparse
 import json
 import os
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,17 +26,15 @@ from tqdm import tqdm
 from rawdenoise import cli, precision
 from rawdenoise.contest import load_contest
 from rawdenoise.errors import InputError
-from rawdenoise.files import atomic_path, replaced_folder
-from rawdenoise.models import build_model, is_noise_conditioned
-from rawdenoise.noise_estimate import frame_noise_profile
+from rawdenoise.files import replaced_folder
+from rawdenoise.manifest import manifest_path, write_manifest
 from rawdenoise.measured import read_measured, update_measured
-from rawdenoise.run_folder import Run, existing_weights
+from rawdenoise.models import is_noise_conditioned
+from rawdenoise.noise_estimate import frame_noise_profile
 from rawdenoise.raw import canonical_mosaic, check_writable, dihedral, pack_canonical, phase_offset, read, write_back
+from rawdenoise.run_folder import Run, load_model
 from rawdenoise.tiff import locate_raw
-from rawdenoise.tiling import adopt_radius, infer, known_radius, why_not_streamed
-
-DEFAULT_TILE = 384  # packed pixels: strips of 48 rows on a contest frame (2312 packed columns), the whole predict
-# process under 0.8 GB at the whole frame's speed with the baseline U-Net (bench/bench_predict_frame.py)
+from rawdenoise.tiling import DEFAULT_TILE, adopt_radius, infer, known_radius, why_not_streamed
 
 
 def _forward(packed: np.ndarray, op: int) -> np.ndarray:
@@ -68,23 +62,6 @@ def denoise(model: torch.nn.Module, packed: np.ndarray, tile: int | None, tta: b
     for op in range(8):
         total += _backward(infer(model, _forward(packed, op), tile, noise=noise, precision=precision, stream=stream), op)
     return (total / 8).astype(np.float32)
-
-
-def load_model(name: str, kwargs: dict, weights: Path, device) -> torch.nn.Module:
-    """The registered model `name`(**kwargs) with the state_dict in `weights`, on `device`, in eval mode."""
-    existing_weights(weights)
-    model = build_model(name, **kwargs)
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except Exception as err:  # a foreign or damaged file: torch raises many types
-        raise InputError(f"{weights}: cannot load into {name}({kwargs}): {type(err).__name__}: {err}") from None
-    return model.to(device).eval()
-
-
-def run_model(run: Run, device) -> torch.nn.Module:
-    """A run folder's model with its exported weights (model.pth)."""
-    return load_model(run.model_name, run.model_args, run.weights, device)  # load_model checks it exists
 
 
 def model_source(args) -> tuple[Run | None, str, dict, Path]:
@@ -131,33 +108,6 @@ def _io_executor(model):
     frame waits each side: memory grows by two frames, not the set."""
     spare_core = next(model.parameters()).device.type == "cuda" or torch.get_num_threads() < (os.cpu_count() or 1)
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict-io") if spare_core else _InPlace()
-
-
-def manifest_path(output_dir: Path) -> Path:
-    """Where a prediction set's manifest lies: beside the set's folder (which holds only predictions),
-    named after it: runs/X/result/data -> runs/X/result/data.manifest.json."""
-    output_dir = Path(output_dir)
-    return output_dir.with_name(output_dir.name + ".manifest.json")
-
-
-def write_manifest(output_dir: Path, facts: dict) -> None:
-    """What a finished prediction set was made from (its inputs, model, settings): the later stages read
-    it (pack, for the inputs to check against) instead of reaching into training's files."""
-    with atomic_path(manifest_path(output_dir)) as tmp:
-        tmp.write_text(json.dumps(facts, indent=2) + "\n")
-
-
-def read_manifest(output_dir: Path) -> dict | None:
-    """The manifest predict wrote beside a prediction set, or None if it has none."""
-    path = manifest_path(output_dir)
-    if not path.is_file():
-        return None
-    try:
-        facts = json.loads(path.read_text())
-        str(facts["inputs"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise InputError(f"{path}: not a prediction manifest ({type(err).__name__}: {err}); predict again") from None
-    return facts
 
 
 def predict_folder(model, input_dir: Path, output_dir: Path, contest, tile: int | None, tta: bool, progress: bool,
@@ -223,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                              f"this model at most {precision.MAX_COST_DB} dB, else fp32 (default: %(default)s)")  # fmt: skip
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     cli.add_noise_argument(parser)
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    cli.add_quiet_argument(parser)
     cli.add_contest_argument(parser)
     return parser
 

@@ -19,10 +19,11 @@ import torch
 from rawdenoise import cli
 from rawdenoise.contest import load_contest
 from rawdenoise.demo import make_demo_dataset
+from rawdenoise.errors import InputError
 from rawdenoise.leaderboard import Entry, ranked, record
 from rawdenoise.models import build_model
 from rawdenoise.raw import read
-from train.config import write_toml
+from rawdenoise.recipe import write_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 ZTE = load_contest("zte2022")
@@ -144,7 +145,7 @@ def test_a_failed_write_never_leaves_the_csv_showing_an_uncommitted_row(tmp_path
     db, csv = tmp_path / "board.sqlite", tmp_path / "board.csv"
     record(db, Entry("zte2022", "k", "kept", 10.0, 30.0, 0.9, 1), csv_path=csv)
     bad = Entry("zte2022", "k", "refused", None, 30.0, 0.9, 1)  # NOT NULL score: the insert fails and rolls back
-    with pytest.raises(Exception):
+    with pytest.raises(InputError, match=r"board\.sqlite: the leaderboard database cannot be used .*NOT NULL"):
         record(db, bad, csv_path=csv)
     assert [e.name for e in ranked(db)] == ["kept"]
     assert "refused" not in csv.read_text() and "kept" in csv.read_text()

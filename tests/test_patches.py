@@ -7,9 +7,9 @@ import torch
 from rawdenoise.contest import load_contest
 from rawdenoise.demo import make_demo_dataset
 from rawdenoise.noise_estimate import clipped_moments
+from rawdenoise.patch_store import PatchOptions, load_meta, make_patch_store, positions
 from rawdenoise.raw import pack
-from train.dataset import PatchSamples, StepSampler, bayer_augment
-from train.patch_store import PatchOptions, load_meta, make_patch_store, positions
+from rawdenoise.training_samples import PatchSamples, StepSampler, bayer_augment
 
 ZTE = load_contest("zte2022")
 

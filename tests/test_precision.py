@@ -11,7 +11,7 @@ from rawdenoise.measured import RECORD_NAME, read_measured, write_measured
 from rawdenoise.models import build_model
 from rawdenoise.tiling import infer
 from tests.test_tiling import CASES, MODELS, trained_like
-from train.train import measure_bf16, validate
+from rawdenoise.validation import measure_bf16, validate
 
 ZTE = load_contest("zte2022")
 SCALE = ZTE.white - ZTE.black[0][0]  # DN per unit of normalised value

@@ -15,7 +15,7 @@ from rawdenoise.contest import load_contest
 from rawdenoise.demo import make_demo_dataset
 from rawdenoise.measured import read_measured, write_measured
 from rawdenoise.models import build_model
-from train.patch_store import PatchOptions, make_patch_store
+from rawdenoise.patch_store import PatchOptions, make_patch_store
 
 ROOT = Path(__file__).resolve().parent.parent
 ZTE = load_contest("zte2022")
@@ -163,7 +163,7 @@ def test_a_resumed_run_drops_log_rows_written_after_its_checkpoint(tmp_path):
     ],
 )
 def test_every_recipe_key_is_checked_with_its_name_in_the_message(override, named):
-    from train.config import load_recipe
+    from rawdenoise.recipe import load_recipe
 
     with pytest.raises(InputError) as caught:
         load_recipe(TINY, [override])
@@ -171,7 +171,7 @@ def test_every_recipe_key_is_checked_with_its_name_in_the_message(override, name
 
 
 def test_every_shipped_recipe_is_valid_and_gets_its_defaults():
-    from train.config import SCHEMA, load_recipe
+    from rawdenoise.recipe import SCHEMA, load_recipe
 
     for path in sorted((ROOT / "configs" / "train").glob("*.toml")):
         recipe = load_recipe(path)

@@ -10,14 +10,10 @@ over the frame one neighbour offset at a time, so a 16-megapixel frame takes sec
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __name__ == "__main__":  # as a script, make the repository's packages importable the same way as tests do
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -57,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--radius", type=int, default=2, help="neighbourhood radius in packed pixels (default: 2)")
     parser.add_argument("--sigma-space", type=float, default=1.0, help="spatial sigma, packed pixels (default: 1.0)")
     parser.add_argument("--sigma-color", type=float, default=0.08, help="range sigma, normalised units (default: 0.08)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    cli.add_quiet_argument(parser)
     cli.add_contest_argument(parser)
     return parser
 

@@ -13,27 +13,23 @@ itself (rawdenoise.noise_estimate); --noise estimate ignores tags, --noise A,B s
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __name__ == "__main__":  # as a script, make the repository's packages importable the same way as tests do
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
 import argparse
 import multiprocessing
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from rawdenoise import cli
 from rawdenoise.contest import load_contest
+from rawdenoise.cpu import default_workers
 from rawdenoise.errors import InputError
 from rawdenoise.files import replaced_folder
 from rawdenoise.noise_estimate import frame_noise_profile
 from rawdenoise.raw import read, write_back
-from rawdenoise.cpu import default_workers
 from rawdenoise.vst import anscombe, inverse_anscombe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="bm3d's parameter set (default: %(default)s)")  # fmt: skip
     parser.add_argument("--workers", type=int, metavar="N",
                         help="frames denoised at once, one process each (bm3d runs on one core; default: one per core)")  # fmt: skip
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    cli.add_quiet_argument(parser)
     cli.add_contest_argument(parser)
     return parser
 

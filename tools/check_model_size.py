@@ -10,15 +10,11 @@ Exit 0 when everything is within the limit, 1 when anything is over (a verdict, 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __name__ == "__main__":  # as a script, make the repository's packages importable the same way as tests do
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
 import argparse
 import io
 import json
+import sys
+from pathlib import Path
 
 import torch
 
@@ -26,7 +22,7 @@ from rawdenoise import cli
 from rawdenoise.contest import load_contest
 from rawdenoise.errors import InputError
 from rawdenoise.models import build_model
-from train.config import load_recipe
+from rawdenoise.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 

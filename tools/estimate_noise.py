@@ -12,14 +12,9 @@ rawdenoise/noise_estimate.py.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __name__ == "__main__":  # as a script, make the repository's packages importable the same way as tests do
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
 import argparse
 import json
+import sys
 
 import numpy as np
 

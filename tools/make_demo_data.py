@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
             "photographs out entirely: a split for choosing a recipe without ever seeing the demo test set"
         ),
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    cli.add_quiet_argument(parser)
     cli.add_contest_argument(parser)
     return parser
 

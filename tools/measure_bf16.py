@@ -13,22 +13,16 @@ arithmetic (bf16 emulated would take many times the float32 time and decide noth
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __name__ == "__main__":  # as a script, make the repository's packages importable the same way as tests do
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
 import argparse
+import sys
 
 from rawdenoise import cli, precision
 from rawdenoise.contest import load_contest
 from rawdenoise.errors import InputError
 from rawdenoise.measured import update_measured
-from rawdenoise.run_folder import Run
-from submission.predict import run_model
-from train.patch_store import validation_frames
-from train.train import measure_bf16
+from rawdenoise.patch_store import validation_frames
+from rawdenoise.run_folder import Run, run_model
+from rawdenoise.validation import measure_bf16
 
 
 def main(argv=None) -> int:

@@ -15,17 +15,13 @@ to one it never imports does not), of the contest profile's file, and of the `--
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __name__ == "__main__":  # as a script, make the repository's packages importable the same way as tests do
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
 import argparse
 import ast
 import hashlib
 import json
+import sys
 import tomllib
+from pathlib import Path
 
 from rawdenoise import cli
 from rawdenoise.contest import DEFAULT_CONTEST, load_contest, resolve_contest_path

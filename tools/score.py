@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", metavar="RUN", help="record this run on the leaderboard under RUN and print the board")
     parser.add_argument("--html", metavar="OUT", help="write a report page with crops and the leaderboard")
     parser.add_argument("--noisy", metavar="DIR",
-                        help="test inputs, for the gain per noise level and the report's crops (default: testset/ beside GT)")  # fmt: skip
+                        help="test inputs, for the gain per noise level and the report's crops (default: the profile's test-input folder beside GT, e.g. testset/)")  # fmt: skip
     parser.add_argument("--no-levels", action="store_true",
                         help="skip the test inputs' PSNR and the table per noise level (one decode less per frame)")  # fmt: skip
     parser.add_argument(

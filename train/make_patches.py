@@ -1,22 +1,18 @@
-"""Cut a data folder's training pairs into a patch store (see train/patch_store.py for the layout).
+"""Cut a data folder's training pairs into a patch store (its layout: rawdenoise/patch_store.py).
 
     python train/make_patches.py --data work/demo [--out work/patches/demo] [--patch-size 128] [--step 128]
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __name__ == "__main__":  # as a script, train/ leads sys.path and train/train.py would shadow the package
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
 import argparse
+import sys
 import time
+from pathlib import Path
 
 from rawdenoise import cli
 from rawdenoise.contest import load_contest
-from train.patch_store import PatchOptions, load_meta, make_patch_store
+from rawdenoise.patch_store import PatchOptions, load_meta, make_patch_store
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--val-frames", type=int, default=None, help="whole frames kept for validation (default: 10%%)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="chooses the validation frames (default: 0)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    cli.add_quiet_argument(parser)
     cli.add_contest_argument(parser)
     return parser
 

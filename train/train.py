@@ -1,20 +1,16 @@
 """Train a denoiser from a recipe: one loop, top to bottom, alone or under torchrun.
 
-    python train/train.py --config configs/train/demo.toml [--run NAME] [--set train.lr=3e-4] [--resume]
-    torchrun --nproc_per_node=2 train/train.py --config configs/train/convnext_unet.toml
+    python train/train.py --config configs/train/demo.toml --patches work/patches/demo/p64 [--run NAME]
+        [--set train.lr=3e-4] [--resume]
+    torchrun --nproc_per_node=2 train/train.py --config configs/train/convnext_unet.toml --patches DIR
 
 Writes runs/NAME/: config.toml (the resolved recipe), last.pt and best.pt (model, EMA, optimiser,
 scheduler, step), log.csv, tb/ (TensorBoard), curves.png and, only once training has finished,
-model.pth: the EMA weights of the best validation step as a plain state_dict.
+model.pth: the EMA weights of the best validation step as a plain state_dict, and inference.json with
+what bf16 inference costs those weights (where the device has bf16).
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-if __name__ == "__main__":  # as a script, train/ leads sys.path and this file would shadow the train package
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import argparse
 import copy
@@ -22,8 +18,10 @@ import csv
 import math
 import os
 import shutil
+import sys
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,15 +33,12 @@ from rawdenoise.contest import load_contest
 from rawdenoise.errors import InputError
 from rawdenoise.files import atomic_path
 from rawdenoise.measured import RECORD_NAME, write_measured
-from rawdenoise.metrics import frame_metrics, summarise
-from rawdenoise.models import build_model, is_noise_conditioned
-from rawdenoise.noise_estimate import frame_noise_profile
-from rawdenoise.raw import read
-from rawdenoise.tiling import infer
-from train.config import describe as describe_recipe_keys
-from train.config import load_recipe, write_toml
-from train.dataset import PatchSamples, StepSampler
-from train.patch_store import validation_frames
+from rawdenoise.models import build_model
+from rawdenoise.patch_store import validation_frames
+from rawdenoise.recipe import describe as describe_recipe_keys
+from rawdenoise.recipe import load_recipe, write_toml
+from rawdenoise.training_samples import PatchSamples, StepSampler
+from rawdenoise.validation import measure_bf16, validate
 
 LOG_COLUMNS = ["step", "loss", "lr", "val_psnr", "val_ssim", "val_score", "seconds"]
 
@@ -65,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stop-after", type=int, metavar="STEPS",
                         help="stop once this step is done (last.pt saved); continue later with --resume")  # fmt: skip
     parser.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"), help="default: the recipe's, else auto")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    cli.add_quiet_argument(parser)
     cli.add_contest_argument(parser)
     return parser
 
@@ -105,36 +100,6 @@ def level_weighted_l1(y, t, noise):
     a, b = noise[:, 0].clamp(min=0), noise[:, 1].clamp(min=0)
     sigma = torch.sqrt(a * t.mean(dim=(1, 2, 3)).clamp(min=0) + b).clamp(min=1e-4)
     return ((y - t).abs().mean(dim=(1, 2, 3)) * (LEVEL_REFERENCE_STD / sigma)).mean()
-
-
-def validate(model, frames, contest, precision: str = "fp32") -> tuple[float, float, float]:
-    """Contest metrics of the model (None: the noisy input as is) on whole validation frames, through
-    the same inference as predict, noise profile included (the tag, else the estimate)."""
-    psnrs, ssims = [], []
-    for noisy_path, gt_path in frames:
-        noisy, gt = read(noisy_path, contest), read(gt_path, contest)
-        if model is None:
-            prediction = noisy.mosaic
-        else:
-            noise = frame_noise_profile(noisy) if is_noise_conditioned(model) else None
-            prediction = noisy.to_mosaic(infer(model, noisy.packed(), noise=noise, precision=precision))
-        p, s = frame_metrics(gt.mosaic, prediction, contest)
-        psnrs.append(p)
-        ssims.append(s)
-    return summarise(psnrs, ssims, contest)
-
-
-def measure_bf16(model, frames, contest, device) -> dict | None:
-    """What bf16 inference costs the exported model on the validation frames, for predict's
-    `--precision auto`; measured only where the device has bf16 arithmetic (elsewhere auto keeps float32
-    anyway, and emulated bf16 would take many times the float32 time)."""
-    if not frames or not precision.bf16_hardware(device):
-        return None
-    psnr_fp32 = validate(model, frames, contest, "fp32")[0]
-    psnr_bf16 = validate(model, frames, contest, "bf16")[0]
-    return {"psnr_fp32": psnr_fp32, "psnr_bf16": psnr_bf16, "cost_db": psnr_fp32 - psnr_bf16, "frames": len(frames),
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "scheme": precision.BF16_SCHEME}  # fmt: skip
 
 
 def drop_log_rows_after(log_path: Path, step: int) -> None:

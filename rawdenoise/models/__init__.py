@@ -22,6 +22,19 @@ REGISTRY = {
 PROBE_NOISE = (1e-3, 1e-5)
 
 
+def probe_input(model):
+    """(x, noise) for running a model once to learn something about it (that it runs at all, which
+    layers it has, whether it streams): the smallest frame its levels allow (two pixels at the deepest)
+    and PROBE_NOISE, in the model's dtype and on its device."""
+    import torch
+
+    parameter = next(model.parameters(), None)
+    dtype, device = (parameter.dtype, parameter.device) if parameter is not None else (torch.float32, None)
+    side = 2 ** (int(getattr(model, "depth", 0)) + 1)
+    return (torch.zeros(1, 4, side, side, dtype=dtype, device=device),
+            torch.tensor([PROBE_NOISE], dtype=dtype, device=device))  # fmt: skip
+
+
 def is_noise_conditioned(model) -> bool:
     """Whether the model's output depends on the (a, b) it is given (and so needs each frame's)."""
     return getattr(model, "noise", "none") != "none"
@@ -49,9 +62,8 @@ def build_model(name: str, **kwargs):
     cls = model_class(name)
     try:
         model = cls(**kwargs)
-        side = 2 ** (getattr(model, "depth", 0) + 1)
         with torch.no_grad():  # arguments that build but cannot run (a zero width) fail here, not mid-training
-            model(torch.zeros(1, 4, side, side), torch.tensor([PROBE_NOISE]))
+            model(*probe_input(model))
     except Exception as err:
         raise InputError(f"model {name!r}: cannot be built from arguments {kwargs} ({type(err).__name__}: {err})") from None
     return model

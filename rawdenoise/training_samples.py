@@ -28,8 +28,8 @@ import torch
 
 from rawdenoise.errors import InputError
 from rawdenoise.noise import NoiseLevel, quantise_normalised
+from rawdenoise.patch_store import load_meta, load_profiles
 from rawdenoise.raw import canonical_mosaic, dihedral, normalise_channels, pack_canonical, phase_offset
-from train.patch_store import load_meta, load_profiles
 
 LEVEL_SPREAD = 0.25  # how far b's place in its range may stray from a's in a synthetic level
 
