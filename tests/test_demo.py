@@ -152,11 +152,17 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_cli_writes_the_set_and_reports_it(tmp_path):
-    result = run_cli("--out", str(tmp_path / "d"), "--size", "128x192", "--quiet", "--contest", "rggb12_example")
+    out = tmp_path / "d"
+    result = run_cli("--out", str(out), "--size", "128x192", "--quiet", "--contest", "rggb12_example")
     assert result.returncode == 0, result.stderr
-    assert "training pairs" in result.stdout and (tmp_path / "d" / NOISE_CSV).is_file()
-    with open(tmp_path / "d" / NOISE_CSV) as f:
-        assert len(list(csv.DictReader(f))) > 0
+    contest = load_contest("rggb12_example")
+    train, test = contest.layout.train_noisy.find(out), contest.layout.test_noisy.find(out)
+    assert train and test
+    assert f"wrote {len(train)} training pairs and {len(test)} test pairs for rggb12_example" in result.stdout
+    frame = read(contest.layout.train_gt.path(out, min(train)), contest)  # the profile's CFA and levels, checked
+    assert frame.mosaic.shape == (128, 192)
+    with open(out / NOISE_CSV) as f:
+        assert len(list(csv.DictReader(f))) == len(train) + len(test)  # every noisy file's level is listed
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ from rawdenoise import InputError
 from rawdenoise.checkpoint import parameter_count
 from rawdenoise.contest import FilePattern
 from rawdenoise.demo import make_demo_dataset
+from rawdenoise.leaderboard import ranked
 from rawdenoise.submission_zip import MAX_TEXT_BYTES, open_submission
 from tests.test_score import NETWORK, ROOT, ZTE, predictions
 
@@ -448,7 +449,12 @@ def test_the_hand_built_submission_is_valid(demo, members, tmp_path):
     assert parameter_count(torch_zip(STATE), "model.pth") == 4 * 4 * 9 + 4
     result, _ = score(write_zip(tmp_path / "sub.zip", members), demo, tmp_path)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["images"][0]["name"] == "denoise0"
+    doc = json.loads(result.stdout)
+    frames = len(members) - 3  # beside network.py, the weights and the readme
+    assert [image["name"] for image in doc["images"]] == [SUB.output.name(i).removesuffix(".dng") for i in range(frames)]
+    assert doc["psnr"] == ZTE.metric.psnr_cap  # the predictions are the ground truth
+    (entry,) = ranked(tmp_path / "board.sqlite")  # what the refusals below must never write
+    assert (entry.name, entry.images, entry.model, entry.params) == ("hostile", frames, "TinyNet", 4 * 4 * 9 + 4)
 
 
 @pytest.mark.parametrize("label", list(CASES))
@@ -463,7 +469,8 @@ def test_an_honest_zip64_end_record_is_followed(members, tmp_path):
     path = write_zip(tmp_path / "sub.zip", members)
     path.write_bytes(_zip64_declaring(path.read_bytes(), len(members)))
     sub = open_submission(path, ZTE)
-    assert len(sub.images) == len(members) - 3 and sub.network and sub.weights and sub.readme
+    assert sorted(sub.images) == list(range(len(members) - 3))
+    assert (sub.network, sub.weights, sub.readme) == (SUB.network, SUB.weights, SUB.readme)
 
 
 def test_the_weights_reader_imports_nothing():

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from rawdenoise.contest import DEFAULT_CONTEST, load_contest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -22,14 +24,21 @@ def test_every_recipe_passes_the_reference_contests_gate():
     assert {r["source"] for r in rows} >= {"recipe demo", "recipe tiny", "recipe unet_baseline", "recipe convnext_unet"}
     convnext = next(r for r in rows if r["source"] == "recipe convnext_unet")
     assert convnext["params"] == 10_368_483 and 41.4e6 < convnext["bytes"] < 41.6e6
-    assert all(r["within"] and r["limit_bytes"] == 50_000_000 for r in rows)
+    limit = load_contest(DEFAULT_CONTEST).submission.max_model_bytes
+    assert all(r["within"] and r["limit_bytes"] == limit for r in rows)
 
 
 def test_over_the_limit_is_a_verdict_exit_1_not_an_error(tmp_path):
     result = gate("--model", "convnext_unet", "--model-args", '{"widths": [256, 512, 1024, 2048]}')
     assert result.returncode == 1 and "OVER THE LIMIT" in result.stdout
-    result = gate("--recipes", "--contest", "rggb12_example")  # a 20 MB contest: the contest-scale nets fail
-    assert result.returncode == 1 and "recipe unet_baseline" in result.stdout
+    result = gate("--recipes", "--contest", "rggb12_example", "--json")  # a 20 MB contest: the contest-scale nets fail
+    assert result.returncode == 1
+    rows = {r["source"]: r for r in json.loads(result.stdout)}
+    limit = load_contest("rggb12_example").submission.max_model_bytes
+    assert all(r["limit_bytes"] == limit for r in rows.values())
+    over = rows["recipe unet_baseline"]
+    assert not over["within"] and over["bytes"] > limit
+    assert rows["recipe tiny"]["within"] and rows["recipe tiny"]["bytes"] <= limit  # the verdict is per model
 
 
 def test_weights_files_are_measured_as_they_ship(tmp_path):

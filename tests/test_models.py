@@ -114,7 +114,8 @@ def test_model_files_are_self_contained(name):
 
 def test_levels_live_in_module_lists_and_bad_names_are_clear():
     model = build_model("convnext_unet", widths=[8, 16], kernels=[3, 3])
-    assert isinstance(model.encoder, torch.nn.ModuleList) and isinstance(model.decoder, torch.nn.ModuleList)
+    assert (model.depth, len(model.encoder), len(model.decoder)) == (1, 2, 1)
+    assert "encoder.1.dwconv.weight" in model.state_dict()  # the checkpoint's names, level by level
     with pytest.raises(InputError, match="unknown model 'resnet'"):
         build_model("resnet")
     with pytest.raises(InputError, match="cannot be built from arguments .*unexpected keyword argument 'width'"):

@@ -26,8 +26,8 @@ def test_sampled_noise_has_variance_a_x_plus_b(a, b, rng):
         assert residual.var() == pytest.approx(expected, rel=0.015)
 
 
-def test_quantised_noisy_frames_keep_the_model_in_dn(rng):
-    black, white = 1024, 16383
+def test_quantised_noisy_frames_keep_the_model_in_dn(rng, contest):
+    black, white = int(contest.black_array.max()), contest.white
     level = NoiseLevel(2e-3, 1e-4)
     x = 0.4
     noisy = quantise(level.sample(np.full((400, 500), x), rng), black, white)

@@ -206,6 +206,7 @@ def test_write_back_keeps_the_padding_of_edge_tiles(rng, tmp_path):
     out = out.reshape(32, 32)
     assert np.all(out[8:, :] == 0xBEEF) and np.all(out[:, 8:] == 0xBEEF)
     assert np.array_equal(out[:8, :8], mosaic[::-1][32:, 32:])
+    assert np.array_equal(read(tmp_path / "out.dng").mosaic, mosaic[::-1])  # and every other tile holds the new pixels
 
 
 def test_write_back_in_place_and_shape_checks(rng, tmp_path):

@@ -276,10 +276,13 @@ def test_wrong_shape_cfa_and_out_of_range_predictions_are_named(demo, tmp_path):
     other = load_contest("rggb12_example")
     from rawdenoise.raw import write_dng
 
+    shape, black, white = read(files[2], ZTE).mosaic.shape, ZTE.black, ZTE.white
+    mid = (ZTE.black_array.max() + white) // 2
     cases = {
-        "shape": (lambda: write_dng(files[2], np.full((64, 64), 2000, np.uint16), "BGGR", 1024, 16383), "shape"),
-        "cfa": (lambda: write_dng(files[2], np.full((128, 192), 2000, np.uint16), other.cfa, 1024, 16383), "CFA RGGB"),
-        "range": (lambda: write_dng(files[2], np.full((128, 192), 900, np.uint16), "BGGR", 1024, 16383), "below the black"),
+        "shape": (lambda: write_dng(files[2], np.full((64, 64), mid, np.uint16), ZTE.cfa, black, white), "shape"),
+        "cfa": (lambda: write_dng(files[2], np.full(shape, mid, np.uint16), other.cfa, black, white), f"CFA {other.cfa}"),
+        "range": (lambda: write_dng(files[2], np.full(shape, ZTE.black_array.min() - 1, np.uint16), ZTE.cfa, black, white),
+                  "below the black"),
     }
     original = files[2].read_bytes()
     for label, (damage, message) in cases.items():
