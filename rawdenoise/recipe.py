@@ -68,6 +68,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                            help="share of inputs re-noised from the noise model, at levels across the contest's range"),
         "noise_jitter": Key("float", 0.0, low=0, high=1,
                             help="std (log units) of the error put on the (a, b) a conditioned model is told"),
+        "gain_jitter": Key("float", 0.0, low=0, high=1,
+                           help="std (log units) of a random exposure and red/blue balance put on re-noised samples' clean crops"),
         "workers": Key("int", 0, low=0, help="data-loading worker processes"),
         "patches": Key("str", "", help="the patch store folder (or --patches)"),
     },

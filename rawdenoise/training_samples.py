@@ -52,7 +52,8 @@ class PatchSamples(torch.utils.data.Dataset):
     """Map-style: item `step * global_batch + i` is sample i of that step's global batch."""
 
     def __init__(self, store: str | Path, crop: int, global_batch: int, seed: int, augment: bool = True,
-                 extra_noise: float = 0.0, noise_range: tuple | None = None, noise_jitter: float = 0.0):  # fmt: skip
+                 extra_noise: float = 0.0, noise_range: tuple | None = None, noise_jitter: float = 0.0,
+                 gain_jitter: float = 0.0):  # fmt: skip
         self.store = Path(store)
         meta = load_meta(self.store)
         if crop + 1 > meta["patch_size"]:
@@ -67,6 +68,7 @@ class PatchSamples(torch.utils.data.Dataset):
         self.extra_noise = extra_noise
         self.noise_range = noise_range  # ((a_lo, a_hi), (b_lo, b_hi)) for synthetic noise
         self.noise_jitter = noise_jitter
+        self.gain_jitter = gain_jitter
         self.profiles = load_profiles(self.store)
         if len(self.profiles) != self.patches:
             raise InputError(f"{store}: index.csv lists {len(self.profiles)} patches, the arrays hold {self.patches}")
@@ -99,6 +101,8 @@ class PatchSamples(torch.utils.data.Dataset):
         profile = self.profiles[k]
         if self.extra_noise and rng.random() < self.extra_noise:
             profile = self.synthetic_level(rng)
+            if self.gain_jitter:
+                gt = self.regained(gt, rng)
             noisy = self.synthetic(gt, profile, rng)
         if self.noise_jitter:
             profile = profile * np.exp(self.noise_jitter * rng.standard_normal(2))
@@ -113,6 +117,15 @@ class PatchSamples(torch.utils.data.Dataset):
         a = np.exp(np.log(a_lo) + t * (np.log(a_hi) - np.log(a_lo)))
         b = np.exp(np.log(b_lo) + u * (np.log(b_hi) - np.log(b_lo)))
         return np.array([a, b])
+
+    def regained(self, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The clean crop under another exposure and white balance: one gain for the whole crop and one
+        more each for red and blue (log-normal, `gain_jitter` std in log units), clipped at white as a
+        sensor saturates. Only a re-noised sample can take it: a stored pair's noise belongs to its
+        own exposure."""
+        exposure, red, blue = np.exp(self.gain_jitter * rng.standard_normal(3))
+        gains = np.array([exposure * red, exposure, exposure, exposure * blue], dtype=np.float32)
+        return np.minimum(gt * gains[:, None, None], np.float32(1.0))  # channels R, Gr, Gb, B (canonical)
 
     def synthetic(self, gt: np.ndarray, profile: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """A fresh noisy input from the noise model at `profile`, clipped and rounded as a sensor's are."""

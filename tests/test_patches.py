@@ -146,6 +146,30 @@ def test_re_noised_samples_carry_their_own_level_across_the_whole_range(store):
     assert torch.equal(told[0][0], plain[0][0]) and not torch.equal(told[0][2], plain[0][2])
 
 
+def test_gain_jitter_re_exposes_re_noised_samples_and_leaves_stored_pairs_alone(store):
+    noise_range = ((1e-4, 5e-2), (1e-6, 5e-3))
+    plain = PatchSamples(store, 24, global_batch=4, seed=3, extra_noise=1.0, noise_range=noise_range)
+    jittered = PatchSamples(store, 24, global_batch=4, seed=3, extra_noise=1.0, noise_range=noise_range, gain_jitter=0.3)
+    exposures = []
+    for key in range(8):
+        before, (noisy, gt, (a, b)) = plain[key][1].numpy(), jittered[key]
+        gt = gt.numpy()
+        assert gt.max() <= 1.0  # saturated at white, as a sensor is
+        gains = []
+        for c in range(4):  # one gain per channel, the same for every pixel it did not saturate
+            kept = (gt[c] < 1.0) & (before[c] > 0.01)
+            ratio = gt[c][kept] / before[c][kept]
+            assert np.allclose(ratio, ratio[0], rtol=1e-5)
+            gains.append(ratio[0])
+        assert gains[1] == pytest.approx(gains[2], rel=1e-5)  # the greens move together: a white balance
+        exposures.append(gains[1])
+        mean, variance = clipped_moments(gt, float(a), float(b))  # the fresh noise is the told level's
+        assert ((noisy.numpy() - gt) ** 2).mean() / (variance + (mean - gt) ** 2).mean() == pytest.approx(1.0, abs=0.1)
+    assert np.std(np.log(exposures)) > 0.1  # exposures differ from sample to sample
+    stored = PatchSamples(store, 24, global_batch=4, seed=3, gain_jitter=0.3)  # no re-noising: pairs as stored
+    assert all(torch.equal(x, y) for x, y in zip(stored[0], PatchSamples(store, 24, global_batch=4, seed=3)[0]))
+
+
 def test_step_sampler_splits_each_global_batch_over_ranks():
     whole = list(StepSampler(3, 5, 4))
     parts = [list(StepSampler(3, 5, 4, rank, 2)) for rank in range(2)]
