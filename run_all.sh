@@ -79,7 +79,9 @@ stage_setup() {
     "$PYTHON_BIN" -m venv "$VENV"
   fi
   local stamp
-  stamp="requirements $(hash_files requirements.txt pyproject.toml) python $("$VENV/bin/python" -V 2>&1)"
+  # The editable install (-e . in requirements.txt) points at this folder, where every script imports
+  # rawdenoise from: a moved or copied clone installs again rather than run another folder's code.
+  stamp="requirements $(hash_files requirements.txt pyproject.toml) python $("$VENV/bin/python" -V 2>&1) in $(pwd -P)"
   if stamp_matches "$VENV/.setup.done" "$stamp"; then
     echo "environment up to date ($VENV)"
     return
