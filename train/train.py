@@ -2,7 +2,7 @@
 
     python train/train.py --config configs/train/demo.toml --patches work/patches/demo/p64 [--run NAME]
         [--set train.lr=3e-4] [--resume]
-    torchrun --nproc_per_node=2 train/train.py --config configs/train/convnext_unet.toml --patches DIR
+    torchrun --nproc_per_node=2 -- train/train.py --config configs/train/convnext_unet.toml --patches DIR
 
 Writes runs/NAME/: config.toml (the resolved recipe), last.pt and best.pt (model, EMA, optimiser,
 scheduler, step), log.csv, tb/ (TensorBoard), curves.png and, only once training has finished,
