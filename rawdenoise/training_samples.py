@@ -3,7 +3,8 @@
 A sample is (noisy, ground truth, noise profile): the (a, b) a noise-conditioned model is told. For a
 stored pair that is the pair's true profile from the store's index; a re-noised sample (a share
 `extra_noise` of them) gets fresh noise at a level drawn across the contest's whole range up to the
-test set's heavier level, so every level is seen whatever the data holds. `noise_jitter` tells the
+test set's heavier level, so every level is seen whatever the data holds (and, with `gain_jitter`,
+its clean crop first takes another exposure and white balance). `noise_jitter` tells the
 model a level off by a random factor (log-normal, that std in log units), so that it learns to
 tolerate an estimated profile's error.
 
