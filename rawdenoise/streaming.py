@@ -307,9 +307,10 @@ def check(model: nn.Module) -> None:
 
 def _plan(model: nn.Module, x: torch.Tensor, noise) -> "_Plan":
     traced = trace(model, blind=noise is None)
-    with _out_of_place(traced):
+    in_place = _in_place_layers(traced)
+    with _out_of_place(in_place):
         try:
-            return _Plan(traced, x, noise)
+            return _Plan(traced, x, noise, in_place)
         except NotStreamable:
             raise
         except Exception as err:  # an operation's arguments in a form the rules do not read: not streamable
@@ -332,11 +333,10 @@ def _writes_in_place(traced: fx.GraphModule, node: fx.Node) -> bool:
     return node.op == "call_method" and isinstance(node.target, str) and node.target.endswith("_") and not node.target.startswith("_")
 
 
-@contextlib.contextmanager
-def _out_of_place(traced: fx.GraphModule):
-    """In-place activations run out of place (one would overwrite rows its input still holds for a
-    lagging consumer). Where the whole frame relies on the write (the overwritten tensor is read
-    again later), the model does not stream."""
+def _in_place_layers(traced: fx.GraphModule) -> list[nn.Module]:
+    """The layers whose in-place activations must run out of place (one would overwrite rows its input
+    still holds for a lagging consumer). Where the whole frame relies on the write (the overwritten
+    tensor is read again later), the model does not stream."""
     modules = []
     order = {node: k for k, node in enumerate(traced.graph.nodes)}
     for node in traced.graph.nodes:
@@ -352,6 +352,13 @@ def _out_of_place(traced: fx.GraphModule):
             raise NotStreamable(f"{node.name} writes in place over a tensor that is read again after it")
         if node.op == "call_module":
             modules.append(traced.get_submodule(node.target))
+    return modules
+
+
+@contextlib.contextmanager
+def _out_of_place(modules: list[nn.Module]):
+    """The in-place layers found by _in_place_layers run out of place meanwhile (functional ones are
+    called out of place by _Plan._evaluate)."""
     for module in modules:
         module.inplace = False
     try:
@@ -376,8 +383,8 @@ class _Plan:
     """The spatial nodes of one traced model on one frame, in order, each with its row rule; every other
     node (shapes, the noise profile's transforms, parameters) evaluated once."""
 
-    def __init__(self, traced: fx.GraphModule, x: torch.Tensor, noise):
-        self.traced = traced
+    def __init__(self, traced: fx.GraphModule, x: torch.Tensor, noise, in_place: list[nn.Module]):
+        self.traced, self.in_place = traced, in_place  # layers that run out of place while it runs
         self.values: dict[fx.Node, object] = {}
         self.rules: dict[fx.Node, _Rule] = {}
         self.order: list[fx.Node] = []
@@ -461,7 +468,7 @@ class _Plan:
         args, kwargs = self._resolve(node.args, windows), self._resolve(node.kwargs, windows)
         if adjust is not None:
             args, kwargs = adjust(args, kwargs)
-        if node.op == "call_function" and node.target in _INPLACE_POSITION:  # out of place (_out_of_place)
+        if node.op == "call_function" and node.target in _INPLACE_POSITION:  # out of place, as _in_place_layers requires
             position = _INPLACE_POSITION[node.target]
             args = args[:position] + (False,) + args[position + 1 :] if len(args) > position else args
             kwargs = {**kwargs, "inplace": False} if "inplace" in kwargs else kwargs
@@ -641,7 +648,7 @@ def stream(model: nn.Module, x: torch.Tensor, noise, rows: int) -> torch.Tensor:
     height = x.shape[-2]
     held[plan.input].add(0, height, x)
     out = None
-    with _out_of_place(plan.traced):
+    with _out_of_place(plan.in_place):
         step = {node: _step(rule, rows, height) for node, rule in plan.rules.items()}
         while done[plan.output] < height:
             released = done[plan.input]
