@@ -75,7 +75,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "train": {
         "seed": Key("int", low=0),
-        "iterations": Key("int", low=1),
+        "iterations": Key("int", low=1, help="steps; with train.minutes, the most it may take"),
+        "minutes": Key("float", 0.0, low=0,
+                       help="a wall-clock budget: the run's length is planned, from its first steps' speed, to finish "
+                            "within it (validation included); 0 turns it off"),
         "batch": Key("int", low=1, help="the global batch, split over torchrun processes"),
         "lr": Key("float", low=0, low_open=True, help="peak learning rate (AdamW)"),
         "weight_decay": Key("float", 0.0, low=0),

@@ -118,6 +118,16 @@ def test_two_torchrun_processes_reach_the_weights_of_one(store, tmp_path):
     assert_same(weights(one / "last.pt", "model"), weights(two / "last.pt", "model"), atol=EXACT_ATOL)
 
 
+@pytest.mark.slow
+def test_torchrun_processes_share_rank_zeros_planned_length(store, tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--"]
+    run = tmp_path / "two"
+    result = train(store, run, "--set", "train.iterations=200", "--set", "train.minutes=1e-5", launcher=torchrun)
+    assert result.returncode == 0, result.stderr  # a process left on its own plan would hang or fail here
+    assert "32 of the recipe's 200 steps fit" in result.stdout
+    assert weights(run / "last.pt", "step") == 32 and (run / "model.pth").is_file()
+
+
 def test_bad_recipes_and_overrides_are_clear(store, tmp_path):
     result = train(store, tmp_path / "r", "--set", "train.loss='huber'")
     assert result.returncode == 2 and "train.loss" in result.stderr
@@ -249,3 +259,29 @@ def test_the_level_weighted_loss_weighs_every_noise_level_alike():
     halves = (level_weighted_l1(light_wrong[:1], target[:1], light_heavy[:1])
               + level_weighted_l1(light_wrong[1:], target[1:], light_heavy[1:])) / 2  # fmt: skip
     assert whole == pytest.approx(float(halves), rel=1e-6)
+
+
+def test_a_time_budget_plans_the_steps_that_fit_counting_validation():
+    from train.train import steps_within
+
+    # 90 s left, 2 s of it for the final validation: 88 s at 0.5 s a step plus a 2 s validation every 10
+    assert steps_within(100.0, 10.0, 31, 0.5, 2.0, 10) == 31 + 125
+    assert steps_within(100.0, 10.0, 31, 0.5, 0.0, 10) == 31 + 180  # no validation frames
+    assert steps_within(100.0, 150.0, 31, 0.5, 2.0, 10) == 32  # over budget: one more step, ending on a validation
+
+
+def test_a_run_with_a_spent_time_budget_stops_early_finished_and_a_resumed_one_keeps_its_plan(store, tmp_path):
+    budget = ("--set", "train.iterations=200", "--set", "train.minutes=1e-5")  # spent before the plan is made
+    whole = train(store, tmp_path / "whole", *budget)
+    assert whole.returncode == 0, whole.stderr
+    assert "train.minutes = 1e-05: 32 of the recipe's 200 steps fit" in whole.stdout
+    assert (tmp_path / "whole" / "model.pth").is_file()  # a finished run, exported
+    assert weights(tmp_path / "whole" / "last.pt", "step") == 32
+    parts = tmp_path / "parts"
+    first = train(store, parts, *budget, "--stop-after", "31")  # stopped right after the plan
+    assert first.returncode == 0, first.stderr
+    assert "stopped at step 31 of 32" in first.stdout and not (parts / "model.pth").exists()
+    second = train(store, parts, *budget, "--resume")  # not planned again: 200 steps would be re-timed
+    assert second.returncode == 0, second.stderr
+    assert "steps fit" not in second.stdout
+    assert weights(parts / "last.pt", "step") == 32 and (parts / "model.pth").is_file()

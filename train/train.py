@@ -5,9 +5,13 @@
     torchrun --nproc_per_node=2 -- train/train.py --config configs/train/convnext_unet.toml --patches DIR
 
 Writes runs/NAME/: config.toml (the resolved recipe), last.pt and best.pt (model, EMA, optimiser,
-scheduler, step), log.csv, tb/ (TensorBoard), curves.png and, only once training has finished,
-model.pth: the EMA weights of the best validation step as a plain state_dict, and inference.json with
-what bf16 inference costs those weights (where the device has bf16).
+scheduler, step, the planned length), log.csv, tb/ (TensorBoard), curves.png and, only once training
+has finished, model.pth: the EMA weights of the best validation step as a plain state_dict, and
+inference.json with what bf16 inference costs those weights (where the device has bf16).
+
+A recipe with train.minutes is a time budget, not a step count: after its first steps the run times
+itself and a validation, and plans the most steps (up to train.iterations) that finish inside the
+budget on this machine; the cosine schedule spans exactly those, and a resumed run keeps the plan.
 """
 
 from __future__ import annotations
@@ -63,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_quiet_argument(parser)
     cli.add_contest_argument(parser)
     return parser
+
+
+PLAN_STEPS = 30  # steps timed, after the first (which pays for start-up), before train.minutes sets the run's length
+
+
+def steps_within(budget_s: float, spent_s: float, step: int, step_s: float, val_s: float, val_every: int) -> int:
+    """How many steps a run at `step`, `spent_s` seconds into a `budget_s` budget, can reach: each further
+    step costs `step_s`, and a validation (`val_s`) follows every `val_every` steps and the last one.
+    At least one more step, so that the run still ends on a validation."""
+    further = (budget_s - spent_s - val_s) / (step_s + val_s / val_every)
+    return step + max(1, math.floor(further))
 
 
 def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
@@ -124,8 +139,9 @@ def load_weights(model: torch.nn.Module, path: str | Path, device) -> None:
         raise InputError(f"{path}: --init weights do not load into the recipe's model ({type(err).__name__}: {err})") from None
 
 
-def resume_from(path: Path, recipe: dict, model, ema, optimiser, schedule, device) -> tuple[int, dict]:
-    """Restore a run from its last.pt; the recipe may change anything but the model it trains."""
+def resume_from(path: Path, recipe: dict, model, ema, optimiser, schedule, device) -> dict:
+    """Restore a run from its last.pt; the recipe may change anything but the model it trains.
+    -> the checkpoint's step, best, total (its planned length, if train.minutes planned one) and seconds."""
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:
@@ -144,7 +160,7 @@ def resume_from(path: Path, recipe: dict, model, ema, optimiser, schedule, devic
         torch.set_rng_state(state["torch_rng"].cpu())  # map_location may have moved it to the GPU
     except Exception as err:
         raise InputError(f"{path}: does not restore this run ({type(err).__name__}: {err})") from None
-    return state["step"], state["best"]
+    return state
 
 
 def save_checkpoint(path: Path, **state) -> None:
@@ -220,10 +236,17 @@ def main(argv=None) -> int:
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     iterations, warmup = cfg["iterations"], cfg["warmup"]
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: lr_factor(s, warmup, iterations, cfg["min_lr_ratio"]))
-    step, best = 0, {"score": -math.inf, "psnr": -math.inf, "step": -1}
+    # The run's length: the recipe's iterations, or fewer once train.minutes has planned what fits. The
+    # schedule reads it at every step; the plan comes after PLAN_STEPS steps, so inside any longer
+    # warm-up (the quality recipe's 200), where the rate does not depend on it.
+    plan = {"total": iterations, "planned": False}
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: lr_factor(s, warmup, plan["total"], cfg["min_lr_ratio"]))
+    step, best, spent_before = 0, {"score": -math.inf, "psnr": -math.inf, "step": -1}, 0.0
     if args.resume:
-        step, best = resume_from(run / "last.pt", recipe, model, ema, optimiser, schedule, device)
+        state = resume_from(run / "last.pt", recipe, model, ema, optimiser, schedule, device)
+        step, best, spent_before = state["step"], state["best"], state.get("seconds", 0.0)
+        if state.get("planned"):  # a planned length holds for the whole run
+            plan.update(total=state["total"], planned=True)
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
 
     # --- data ------------------------------------------------------------------------------------
@@ -273,21 +296,45 @@ def main(argv=None) -> int:
     if master and cfg["amp"] == "auto":
         tqdm.write(f"train.amp = auto: {'bf16 autocast' if bf16 else 'float32'} on this {device.type.upper()}")
     val_every, log_every, clip, decay = cfg["val_every"], cfg["log_every"], cfg["clip"], cfg["ema"]
-    bar = tqdm(total=iterations, initial=step, desc=run.name, unit="step", disable=not master or args.quiet)
+    bar = tqdm(total=plan["total"], initial=step, desc=run.name, unit="step", disable=not master or args.quiet)
     start_time, running = time.time(), []
+    first_step, probe_start = step, None
+
+    def spent() -> float:  # training seconds of the whole run, earlier sessions of a resumed one included
+        return spent_before + time.time() - start_time
 
     def checkpoint(path: Path) -> None:
         save_checkpoint(
             path, model=model.state_dict(), ema=ema.state_dict(), optimiser=optimiser.state_dict(),
             schedule=schedule.state_dict(), step=step, best=best, torch_rng=torch.get_rng_state(),
-            recipe=recipe,
+            recipe=recipe, total=plan["total"], planned=plan["planned"], seconds=spent(),
         )  # fmt: skip
+
+    def plan_length() -> None:
+        """train.minutes: time PLAN_STEPS steps and one validation, then fix the run's length to what fits."""
+        step_s = (time.time() - probe_start) / PLAN_STEPS
+        val_s = 0.0
+        if master and val_frames:
+            started = time.time()
+            validate(ema, val_frames, contest)
+            val_s = time.time() - started
+        total = min(iterations, steps_within(60 * cfg["minutes"], spent(), step, step_s, val_s, val_every))
+        if distributed:  # rank 0's plan, so that every process stops at the same step
+            shared = torch.tensor([total], device=device)
+            dist.broadcast(shared, 0)
+            total = int(shared.item())
+        plan.update(total=total, planned=True)
+        bar.total = total
+        bar.refresh()
+        if master:
+            tqdm.write(f"train.minutes = {cfg['minutes']:g}: {total} of the recipe's {iterations} steps fit "
+                       f"({step_s:.3f} s a step, validation {val_s:.1f} s every {val_every} steps)")
 
     # --- the loop --------------------------------------------------------------------------------
     ema_params, model_params = list(ema.parameters()), list(model.parameters())
     try:
         for noisy, gt, noise in loader:
-            if args.stop_after is not None and step >= args.stop_after:
+            if step >= plan["total"] or (args.stop_after is not None and step >= args.stop_after):
                 break
             noisy = noisy.to(device, dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
             gt = gt.to(device, dtype, non_blocking=True)
@@ -304,18 +351,23 @@ def main(argv=None) -> int:
                 torch._foreach_lerp_(ema_params, model_params, 1 - decay)
             step += 1
             running.append(loss.item())
+            if cfg["minutes"] and not plan["planned"]:
+                if step == first_step + 1:
+                    probe_start = time.time()
+                elif step == first_step + 1 + PLAN_STEPS:
+                    plan_length()
             if not master:
                 continue
             bar.update(1)
             row = None
-            if step % log_every == 0 or step == iterations:
+            if step % log_every == 0 or step == plan["total"]:
                 mean_loss = float(np.mean(running))
                 running.clear()
                 bar.set_postfix(loss=f"{mean_loss:.4g}", lr=f"{schedule.get_last_lr()[0]:.2e}")
                 writer.add_scalar("train/loss", mean_loss, step)
                 writer.add_scalar("train/lr", schedule.get_last_lr()[0], step)
                 row = {"step": step, "loss": mean_loss, "lr": schedule.get_last_lr()[0]}
-            if val_frames and (step % val_every == 0 or step == iterations):
+            if val_frames and (step % val_every == 0 or step == plan["total"]):
                 psnr, ssim, score = validate(ema, val_frames, contest)
                 writer.add_scalar("val/psnr", psnr, step)
                 writer.add_scalar("val/ssim", ssim, step)
@@ -338,11 +390,11 @@ def main(argv=None) -> int:
         bar.close()
 
     # --- export ----------------------------------------------------------------------------------
-    if master and step < iterations:
+    if master and step < plan["total"]:
         checkpoint(run / "last.pt")
         log.close()
         writer.close()
-        print(f"{run}: stopped at step {step} of {iterations}; continue with --resume")
+        print(f"{run}: stopped at step {step} of {plan['total']}; continue with --resume")
     elif master:
         checkpoint(run / "last.pt")
         final = torch.load(run / "best.pt", map_location="cpu", weights_only=True)["ema"] if (run / "best.pt").exists() \
