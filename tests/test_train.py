@@ -123,7 +123,9 @@ def test_torchrun_processes_share_rank_zeros_planned_length(store, tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--"]
     run = tmp_path / "two"
     result = train(store, run, "--set", "train.iterations=200", "--set", "train.minutes=1e-5", launcher=torchrun)
-    assert result.returncode == 0, result.stderr  # a process left on its own plan would hang or fail here
+    # Every process reaches the broadcast at the same step (one alone would hang there); this budget is spent
+    # before the plan, so each process's own plan would be 32 too: what differs with a real budget is not timed here.
+    assert result.returncode == 0, result.stderr
     assert "32 of the recipe's 200 steps fit" in result.stdout
     assert weights(run / "last.pt", "step") == 32 and (run / "model.pth").is_file()
 
