@@ -82,6 +82,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "batch": Key("int", low=1, help="the global batch, split over torchrun processes"),
         "lr": Key("float", low=0, low_open=True, help="peak learning rate (AdamW)"),
         "weight_decay": Key("float", 0.0, low=0),
+        "beta2": Key("float", 0.999, low=0, high=1, low_open=True, high_open=True,
+                     help="Adam's second-moment decay; lower (0.95) adapts faster to a sudden large gradient"),
         "warmup": Key("int", 0, low=0, help="steps of linear warm-up"),
         "min_lr_ratio": Key("float", 0.05, low=0, high=1, help="the cosine decay's floor, times lr"),
         "ema": Key("float", 0.999, low=0, high=1, high_open=True, help="EMA decay of the exported weights"),

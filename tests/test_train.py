@@ -107,6 +107,17 @@ def test_an_interrupted_run_resumed_reaches_the_same_weights(store, tmp_path):
     assert_same(weights(whole / "model.pth"), weights(parts / "model.pth"), atol=1e-6)
 
 
+def test_a_resumed_run_takes_the_recipes_optimiser_settings_not_the_checkpoints(store, tmp_path):
+    # torch's optimiser state carries its hyperparameters: without care a resumed run would keep the
+    # old beta2 and weight decay while its config.toml and log say otherwise
+    run = tmp_path / "run"
+    assert train(store, run, "--stop-after", "5").returncode == 0
+    resumed = train(store, run, "--resume", "--set", "train.beta2=0.95", "--set", "train.weight_decay=0.25")
+    assert resumed.returncode == 0, resumed.stderr
+    for group in weights(run / "last.pt", "optimiser")["param_groups"]:
+        assert tuple(group["betas"]) == (0.9, 0.95) and group["weight_decay"] == 0.25
+
+
 @pytest.mark.slow
 def test_two_torchrun_processes_reach_the_weights_of_one(store, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
@@ -161,6 +172,7 @@ def test_a_resumed_run_drops_log_rows_written_after_its_checkpoint(tmp_path):
         ("train.iterations=-5", "train.iterations must be at least 1"),
         ("train.ema=2", "train.ema must be at least 0 and below 1"),
         ("train.ema=1", "train.ema must be at least 0 and below 1"),
+        ("train.beta2=1", "train.beta2 must be above 0 and below 1"),
         ("train.amp='fp8'", "train.amp must be one of"),
         ("train.device='tpu'", "train.device must be one of"),
         ("train.dtype='float16'", "train.dtype must be one of"),

@@ -160,6 +160,10 @@ def resume_from(path: Path, recipe: dict, model, ema, optimiser, schedule, devic
         torch.set_rng_state(state["torch_rng"].cpu())  # map_location may have moved it to the GPU
     except Exception as err:
         raise InputError(f"{path}: does not restore this run ({type(err).__name__}: {err})") from None
+    # The optimiser's state brings back its hyperparameters too; the recipe's own win, as the recipe may change
+    for group in optimiser.param_groups:
+        group["betas"] = (group["betas"][0], recipe["train"]["beta2"])
+        group["weight_decay"] = recipe["train"]["weight_decay"]
     return state
 
 
@@ -234,7 +238,7 @@ def main(argv=None) -> int:
     if args.init:
         load_weights(model, args.init, device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=(0.9, cfg["beta2"]), weight_decay=cfg["weight_decay"])
     iterations, warmup = cfg["iterations"], cfg["warmup"]
     # The run's length: the recipe's iterations, or fewer once train.minutes has planned what fits. The
     # schedule reads it at every step; the plan comes after PLAN_STEPS steps, so inside any longer
