@@ -108,14 +108,18 @@ def test_an_interrupted_run_resumed_reaches_the_same_weights(store, tmp_path):
 
 
 def test_a_resumed_run_takes_the_recipes_optimiser_settings_not_the_checkpoints(store, tmp_path):
-    # torch's optimiser state carries its hyperparameters: without care a resumed run would keep the
-    # old beta2 and weight decay while its config.toml and log say otherwise
+    # torch's optimiser and schedule states carry their hyperparameters: without care a resumed run would
+    # keep the old rate, beta2 and weight decay while its config.toml says otherwise
     run = tmp_path / "run"
     assert train(store, run, "--stop-after", "5").returncode == 0
-    resumed = train(store, run, "--resume", "--set", "train.beta2=0.95", "--set", "train.weight_decay=0.25")
+    changes = ("train.beta2=0.95", "train.weight_decay=0.25", "train.lr=0.0025")
+    resumed = train(store, run, "--resume", *(arg for change in changes for arg in ("--set", change)))
     assert resumed.returncode == 0, resumed.stderr
-    for group in weights(run / "last.pt", "optimiser")["param_groups"]:
-        assert tuple(group["betas"]) == (0.9, 0.95) and group["weight_decay"] == 0.25
+    assert "with a changed recipe: train.beta2: 0.999 -> 0.95; train.lr:" in resumed.stdout
+    state = weights(run / "last.pt")
+    for group in state["optimiser"]["param_groups"]:
+        assert tuple(group["betas"]) == (0.9, 0.95) and group["weight_decay"] == 0.25 and group["initial_lr"] == 0.0025
+    assert state["schedule"]["base_lrs"] == [0.0025] * len(state["optimiser"]["param_groups"])
 
 
 @pytest.mark.slow

@@ -160,11 +160,24 @@ def resume_from(path: Path, recipe: dict, model, ema, optimiser, schedule, devic
         torch.set_rng_state(state["torch_rng"].cpu())  # map_location may have moved it to the GPU
     except Exception as err:
         raise InputError(f"{path}: does not restore this run ({type(err).__name__}: {err})") from None
-    # The optimiser's state brings back its hyperparameters too; the recipe's own win, as the recipe may change
+    # The optimiser's and schedule's states bring back the hyperparameters they were built with; the
+    # recipe's own win, as the recipe may change (--set train.lr=... on resuming must not be ignored)
+    cfg = recipe["train"]
     for group in optimiser.param_groups:
-        group["betas"] = (group["betas"][0], recipe["train"]["beta2"])
-        group["weight_decay"] = recipe["train"]["weight_decay"]
+        group.update(betas=(group["betas"][0], cfg["beta2"]), weight_decay=cfg["weight_decay"], initial_lr=cfg["lr"])
+    schedule.base_lrs = [cfg["lr"]] * len(optimiser.param_groups)
     return state
+
+
+def changed_keys(saved: dict, recipe: dict) -> list[str]:
+    """The [data] and [train] keys a resumed run changes from its checkpoint's recipe, as 'key: old -> new'."""
+    changes = []
+    for section in ("data", "train"):
+        before, after = saved.get(section, {}), recipe[section]
+        for key in sorted(after):
+            if key in before and before[key] != after[key]:
+                changes.append(f"{section}.{key}: {before[key]!r} -> {after[key]!r}")
+    return changes
 
 
 def save_checkpoint(path: Path, **state) -> None:
@@ -249,6 +262,9 @@ def main(argv=None) -> int:
     if args.resume:
         state = resume_from(run / "last.pt", recipe, model, ema, optimiser, schedule, device)
         step, best, spent_before = state["step"], state["best"], state.get("seconds", 0.0)
+        changes = changed_keys(state.get("recipe", {}), recipe)
+        if master and changes:
+            print(f"resuming {run / 'last.pt'} at step {step} with a changed recipe: {'; '.join(changes)}")
         if state.get("planned"):  # a planned length holds for the whole run
             plan.update(total=state["total"], planned=True)
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
