@@ -48,7 +48,7 @@ DEFAULT_TILE = 384
 # 16-pixel tiles rounded 0.017 % of DN differently from the whole frame; at 2e-8 it measures 24 and
 # none differ. Trained models cost little for it, as their influence falls off a cliff at the
 # architecture's own reach: the demo U-Net measures 47 pixels at 1e-7 and 48 at 2e-8 (the same margin),
-# the quality U-Net 50 at both.
+# the widths-64 quality U-Net 50 at both.
 TOLERANCE = 2e-8
 
 
