@@ -152,20 +152,22 @@ def resume_from(path: Path, recipe: dict, model, ema, optimiser, schedule, devic
             f"{path}: this run trains {saved}, the recipe asks for {recipe['model']}; "
             "resume with the run's own recipe (its config.toml), or start again with --overwrite"
         )
+    # The optimiser's and schedule's states bring back the hyperparameters they were built with; the
+    # recipe's own win, as the recipe may change (--set train.lr=... on resuming must not be ignored).
+    # Kept from the groups as built, so every hyperparameter is covered; the next step's rate is the checkpoint's,
+    # the schedule sets the ones after it.
+    built = [{k: v for k, v in group.items() if k not in ("params", "lr")} for group in optimiser.param_groups]
     try:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimiser.load_state_dict(state["optimiser"])
+        for group, hyperparameters in zip(optimiser.param_groups, built):
+            group.update(hyperparameters)
         schedule.load_state_dict(state["schedule"])
+        schedule.base_lrs = [group["initial_lr"] for group in optimiser.param_groups]
         torch.set_rng_state(state["torch_rng"].cpu())  # map_location may have moved it to the GPU
     except Exception as err:
         raise InputError(f"{path}: does not restore this run ({type(err).__name__}: {err})") from None
-    # The optimiser's and schedule's states bring back the hyperparameters they were built with; the
-    # recipe's own win, as the recipe may change (--set train.lr=... on resuming must not be ignored)
-    cfg = recipe["train"]
-    for group in optimiser.param_groups:
-        group.update(betas=(group["betas"][0], cfg["beta2"]), weight_decay=cfg["weight_decay"], initial_lr=cfg["lr"])
-    schedule.base_lrs = [cfg["lr"]] * len(optimiser.param_groups)
     return state
 
 
