@@ -86,7 +86,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
                      help="Adam's second-moment decay; lower (0.95) adapts faster to a sudden large gradient"),
         "warmup": Key("int", 0, low=0, help="steps of linear warm-up"),
         "min_lr_ratio": Key("float", 0.05, low=0, high=1, help="the cosine decay's floor, times lr"),
-        "ema": Key("float", 0.999, low=0, high=1, high_open=True, help="EMA decay of the exported weights"),
+        "ema": Key("float", 0.999, low=0, high=1, high_open=True, help="EMA decay of the exported weights (warmed up: min(ema, (1 + step) / (10 + step)))"),
         "loss": Key("str", "l1", choices=("l1", "l2", "psnr", "l1_level"),
                     help="l1_level: L1 in units of each sample's noise std, so every noise level weighs alike"),
         "clip": Key("float", 0.0, low=0, help="gradient-norm clip; 0 turns it off"),

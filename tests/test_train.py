@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -288,11 +289,39 @@ def test_a_time_budget_plans_the_steps_that_fit_counting_validation():
     assert steps_within(100.0, 150.0, 31, 0.5, 2.0, 10) == 32  # over budget: one more step, ending on a validation
 
 
+def test_the_ema_forgets_the_untrained_network_in_a_short_run_and_keeps_the_recipes_decay_in_a_long_one():
+    from train.train import ema_decay
+
+    def untrained_share(steps: int, decay: float) -> float:  # what the starting weights still weigh in the EMA
+        return math.prod(ema_decay(t, decay) for t in range(steps))
+
+    assert untrained_share(970, 0.998) < 1e-6  # 14 % at a fixed 0.998: the quality recipe cut to 970 steps
+    assert ema_decay(5999, 0.998) == 0.998 and ema_decay(1599, 0.995) > 0.994  # full-length runs: the recipe's
+
+
+def test_a_short_runs_exported_weights_are_its_training_not_the_untrained_network(store, tmp_path):
+    result = train(store, tmp_path / "run", "--set", "train.ema=0.999")  # 12 steps: 1 % of a fixed EMA's horizon
+    assert result.returncode == 0, result.stderr
+    state = weights(tmp_path / "run" / "last.pt")
+    trained, averaged = state["model"]["head.weight"], state["ema"]["head.weight"]  # the head starts at zero
+    assert float(averaged.norm() / trained.norm()) > 0.5
+
+
+def test_a_budget_that_fits_under_half_the_recipes_steps_warns_and_says_why_on_a_cpu_without_bf16():
+    from train.train import short_budget_warning
+
+    assert short_budget_warning(3000, 6000, float32_cpu=True) is None  # half still trains what was measured
+    warning = short_budget_warning(970, 6000, float32_cpu=True)
+    assert "only 16% of the recipe's steps fit" in warning and "no AVX512-BF16 or AMX" in warning
+    assert "AMX" not in short_budget_warning(970, 6000, float32_cpu=False)  # a GPU or a bf16 CPU: no such reason
+
+
 def test_a_run_with_a_spent_time_budget_stops_early_finished_and_a_resumed_one_keeps_its_plan(store, tmp_path):
     budget = ("--set", "train.iterations=200", "--set", "train.minutes=1e-5")  # spent before the plan is made
     whole = train(store, tmp_path / "whole", *budget)
     assert whole.returncode == 0, whole.stderr
     assert "train.minutes = 1e-05: 32 of the recipe's 200 steps fit" in whole.stdout
+    assert "warning: only 16% of the recipe's steps fit" in whole.stdout
     assert (tmp_path / "whole" / "model.pth").is_file()  # a finished run, exported
     assert weights(tmp_path / "whole" / "last.pt", "step") == 32
     parts = tmp_path / "parts"
