@@ -70,6 +70,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                             help="std (log units) of the error put on the (a, b) a conditioned model is told"),
         "gain_jitter": Key("float", 0.0, low=0, high=1,
                            help="std (log units) of a random exposure and red/blue balance put on re-noised samples' clean crops"),
+        "dead_leaves": Key("float", 0.0, low=0, high=1,
+                           help="share of samples whose clean crop is a synthetic dead-leaves scene in the crop's own colours, noised at a level across the range"),
         "workers": Key("int", 0, low=0, help="data-loading worker processes"),
         "patches": Key("str", "", help="the patch store folder (or --patches)"),
     },

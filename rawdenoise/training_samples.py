@@ -6,7 +6,8 @@ stored pair that is the pair's true profile from the store's index; a re-noised 
 test set's heavier level, so every level is seen whatever the data holds (and, with `gain_jitter`,
 its clean crop first takes another exposure and white balance). `noise_jitter` tells the
 model a level off by a random factor (log-normal, that std in log units), so that it learns to
-tolerate an estimated profile's error.
+tolerate an estimated profile's error. A share `dead_leaves` of samples trade their clean crop for a
+synthetic dead-leaves scene in its colours (rawdenoise/dead_leaves.py), noised the same way.
 
 A sample is a function of (seed, step, index within the step's global batch) only: the generator that
 picks its patch, crop, flip and noise is seeded by exactly those numbers. So a resumed run, and a run
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rawdenoise.dead_leaves import DeadLeaves
 from rawdenoise.errors import InputError
 from rawdenoise.noise import NoiseLevel, quantise_normalised
 from rawdenoise.patch_store import load_meta, load_profiles
@@ -54,7 +56,7 @@ class PatchSamples(torch.utils.data.Dataset):
 
     def __init__(self, store: str | Path, crop: int, global_batch: int, seed: int, augment: bool = True,
                  extra_noise: float = 0.0, noise_range: tuple | None = None, noise_jitter: float = 0.0,
-                 gain_jitter: float = 0.0):  # fmt: skip
+                 gain_jitter: float = 0.0, dead_leaves: float = 0.0):  # fmt: skip
         self.store = Path(store)
         meta = load_meta(self.store)
         if crop + 1 > meta["patch_size"]:
@@ -70,6 +72,8 @@ class PatchSamples(torch.utils.data.Dataset):
         self.noise_range = noise_range  # ((a_lo, a_hi), (b_lo, b_hi)) for synthetic noise
         self.noise_jitter = noise_jitter
         self.gain_jitter = gain_jitter
+        self.dead_leaves = dead_leaves
+        self.leaves = DeadLeaves(crop, seed) if dead_leaves else None
         self.profiles = load_profiles(self.store)
         if len(self.profiles) != self.patches:
             raise InputError(f"{store}: index.csv lists {len(self.profiles)} patches, the arrays hold {self.patches}")
@@ -100,7 +104,11 @@ class PatchSamples(torch.utils.data.Dataset):
         noisy = normalise_channels(pair[:4], self.channel_black, self.white)
         gt = normalise_channels(pair[4:], self.channel_black, self.white)
         profile = self.profiles[k]
-        if self.extra_noise and rng.random() < self.extra_noise:
+        if self.dead_leaves and rng.random() < self.dead_leaves:
+            gt = self.leaves.sample(gt, rng)
+            profile = self.synthetic_level(rng)
+            noisy = self.synthetic(gt, profile, rng)
+        elif self.extra_noise and rng.random() < self.extra_noise:
             profile = self.synthetic_level(rng)
             if self.gain_jitter:
                 gt = self.regained(gt, rng)

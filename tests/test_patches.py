@@ -190,3 +190,49 @@ def test_cli_runs_as_a_script_and_refuses_bad_data(demo, tmp_path):
     bad = subprocess.run([sys.executable, str(script), "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "t")],
                          capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "nope" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_dead_leaves_discs_follow_r_to_the_minus_3_and_cover_every_pixel():
+    from rawdenoise.dead_leaves import disc_radii, label_map
+
+    radii = disc_radii(np.random.default_rng(0), 200_000, 1.0, 1e6)
+    for r in (2, 4, 10):  # r**-3 density: P(radius > r) = r**-2 from a minimum of 1
+        assert np.mean(radii > r) == pytest.approx(r**-2, rel=0.05)
+    labels = label_map(96, np.random.default_rng(0), 2.0, 96.0)
+    assert labels.min() >= 1, "every pixel belongs to a disc"
+    sizes = np.bincount(labels.ravel())[1:]
+    assert sizes.max() > 96 * 96 / 20 and np.median(sizes[sizes > 0]) < 20, "large flat regions and fine detail both"
+
+
+def test_dead_leaves_crops_take_their_colours_from_the_real_crop(store):
+    """Each disc is one real pixel's (R, Gr, Gb, B); edges mix neighbours (2x2 supersampling), nothing else."""
+    from rawdenoise.dead_leaves import DeadLeaves
+
+    leaves = DeadLeaves(24, seed=0, maps=4)
+    rng = np.random.default_rng(0)
+    two = np.zeros((4, 24, 24), dtype=np.float32)
+    two[:, :, 12:] = [[[0.1]], [[0.4]], [[0.5]], [[0.2]]]  # two colours, R Gr Gb B of the second not grey
+    crop = leaves.sample(two, rng)
+    assert crop.shape == (4, 24, 24) and crop.dtype == np.float32
+    share = crop / np.array([0.1, 0.4, 0.5, 0.2], dtype=np.float32)[:, None, None]
+    # every mosaic site is the second colour times the share of its 2x2 label block that took it
+    assert np.all(np.isin(np.round(share * 4), [0, 1, 2, 3, 4])) and np.allclose(share * 4, np.round(share * 4), atol=1e-5)
+    assert 0.05 < np.isclose(share, 1).mean() and 0.05 < np.isclose(share, 0).mean(), "both colours show"
+    flat = np.full((4, 24, 24), 0.3, dtype=np.float32)
+    assert np.array_equal(leaves.sample(flat, rng), flat), "a flat crop gives a flat scene: brightness is the data's"
+    again = DeadLeaves(24, seed=0, maps=4)
+    assert np.array_equal(again.sample(two, np.random.default_rng(5)), leaves.sample(two, np.random.default_rng(5)))
+
+
+def test_dead_leaves_samples_are_re_noised_at_their_own_level(store):
+    noise_range = ((1e-4, 5e-2), (1e-6, 5e-3))
+    samples = PatchSamples(store, 24, global_batch=4, seed=3, noise_range=noise_range, dead_leaves=1.0)
+    plain = PatchSamples(store, 24, global_batch=4, seed=3, noise_range=noise_range)
+    for key in range(8):
+        noisy, gt, (a, b) = samples[key]
+        assert not torch.equal(gt, plain[key][1]), "the clean crop is a synthetic scene"
+        assert noise_range[0][0] <= a <= noise_range[0][1] and noise_range[1][0] <= b <= noise_range[1][1]
+        mean, variance = clipped_moments(gt.numpy(), float(a), float(b))
+        measured = ((noisy - gt).numpy() ** 2).mean()
+        assert measured / (variance + (mean - gt.numpy()) ** 2).mean() == pytest.approx(1.0, abs=0.1)
+    assert all(torch.equal(x, y) for x, y in zip(samples[5], PatchSamples(store, 24, 4, 3, noise_range=noise_range, dead_leaves=1.0)[5]))

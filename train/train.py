@@ -299,7 +299,7 @@ def main(argv=None) -> int:
         store, cfg_data["crop"], batch, cfg["seed"], cfg_data["augment"], cfg_data["extra_noise"],
         ((contest.noise.a_range[0], contest.noise.a_range[1] * heavier),
          (contest.noise.b_range[0], contest.noise.b_range[1] * heavier)), cfg_data["noise_jitter"],
-        cfg_data["gain_jitter"],
+        cfg_data["gain_jitter"], cfg_data["dead_leaves"],
     )  # fmt: skip
     workers = cfg_data["workers"]
     loader = torch.utils.data.DataLoader(
