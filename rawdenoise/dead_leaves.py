@@ -20,7 +20,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from rawdenoise.raw import CANONICAL_CFA, channel_positions
+from rawdenoise.raw import CANONICAL_CFA, channel_positions, dihedral
 
 SUPERSAMPLE = 2  # label pixels per mosaic pixel along each axis
 MAPS = 96  # label maps drawn per process; each serves windows at any offset and flip
@@ -70,7 +70,6 @@ class DeadLeaves:
     """Dead-leaves clean crops of `crop` packed pixels (4 channels, canonical RGGB), coloured from a real crop."""
 
     def __init__(self, crop: int, seed: int, maps: int = MAPS):
-        self.crop = crop
         self.seed = seed
         self.count = maps
         self.window = 2 * crop * SUPERSAMPLE  # label pixels across one crop
@@ -90,10 +89,7 @@ class DeadLeaves:
         size, w = maps.shape[-1], self.window
         top, left = (int(v) for v in rng.integers(0, size - w + 1, size=2))
         window = maps[int(rng.integers(len(maps))), top : top + w, left : left + w]
-        op = int(rng.integers(8))  # any flip or transpose: the CFA samples the scene only afterwards
-        window = window.T if op & 4 else window
-        window = window[:, ::-1] if op & 1 else window
-        window = window[::-1] if op & 2 else window
+        window = dihedral(window, int(rng.integers(8)))  # any flip or transpose: the CFA samples the scene later
         labels, inverse = np.unique(window, return_inverse=True)
         pixels = colours_from.reshape(4, -1)
         palette = pixels[:, rng.integers(pixels.shape[1], size=len(labels))]  # (4, discs)
@@ -101,4 +97,4 @@ class DeadLeaves:
         s = SUPERSAMPLE
         scene = scene.reshape(4, w // s, s, w // s, s).mean(axis=(2, 4))  # (4, 2*crop, 2*crop) mosaic sites
         sites = channel_positions(CANONICAL_CFA)  # each packed channel keeps its own colour at its own site
-        return np.stack([scene[k, dy::2, dx::2] for k, (dy, dx) in enumerate(sites)]).astype(np.float32)
+        return np.stack([scene[k, dy::2, dx::2] for k, (dy, dx) in enumerate(sites)]).astype(np.float32, copy=False)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from rawdenoise.contest import load_contest
+from rawdenoise.dead_leaves import DeadLeaves, disc_radii, label_map
 from rawdenoise.demo import make_demo_dataset
 from rawdenoise.noise_estimate import clipped_moments
 from rawdenoise.patch_store import PatchOptions, load_meta, make_patch_store, positions
@@ -193,8 +194,6 @@ def test_cli_runs_as_a_script_and_refuses_bad_data(demo, tmp_path):
 
 
 def test_dead_leaves_discs_follow_r_to_the_minus_3_and_cover_every_pixel():
-    from rawdenoise.dead_leaves import disc_radii, label_map
-
     radii = disc_radii(np.random.default_rng(0), 200_000, 1.0, 1e6)
     for r in (2, 4, 10):  # r**-3 density: P(radius > r) = r**-2 from a minimum of 1
         assert np.mean(radii > r) == pytest.approx(r**-2, rel=0.05)
@@ -206,8 +205,6 @@ def test_dead_leaves_discs_follow_r_to_the_minus_3_and_cover_every_pixel():
 
 def test_dead_leaves_crops_take_their_colours_from_the_real_crop(store):
     """Each disc is one real pixel's (R, Gr, Gb, B); edges mix neighbours (2x2 supersampling), nothing else."""
-    from rawdenoise.dead_leaves import DeadLeaves
-
     leaves = DeadLeaves(24, seed=0, maps=4)
     rng = np.random.default_rng(0)
     two = np.zeros((4, 24, 24), dtype=np.float32)
