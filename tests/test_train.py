@@ -123,6 +123,18 @@ def test_a_resumed_run_takes_the_recipes_optimiser_settings_not_the_checkpoints(
     assert state["schedule"]["base_lrs"] == [0.0025] * len(state["optimiser"]["param_groups"])
 
 
+def test_the_first_step_after_a_resume_runs_at_the_changed_recipes_rate(store, tmp_path):
+    # the loaded optimiser state carries the rate the old recipe set for the next step; at a rate of
+    # 1e-30 the resumed step must leave the weights where the checkpoint left them
+    run = tmp_path / "run"
+    assert train(store, run, *EXACT, "--stop-after", "5").returncode == 0
+    before = weights(run / "last.pt", "model")
+    resumed = train(store, run, *EXACT, "--resume", "--set", "train.lr=1e-30", "--stop-after", "6")
+    assert resumed.returncode == 0, resumed.stderr
+    assert weights(run / "last.pt")["step"] == 6
+    assert_same(before, weights(run / "last.pt", "model"), atol=1e-20)
+
+
 @pytest.mark.slow
 def test_two_torchrun_processes_reach_the_weights_of_one(store, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"

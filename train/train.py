@@ -175,8 +175,8 @@ def resume_from(path: Path, recipe: dict, model, ema, optimiser, schedule, devic
         )
     # The optimiser's and schedule's states bring back the hyperparameters they were built with; the
     # recipe's own win, as the recipe may change (--set train.lr=... on resuming must not be ignored).
-    # Kept from the groups as built, so every hyperparameter is covered; the next step's rate is the checkpoint's,
-    # the schedule sets the ones after it.
+    # Kept from the groups as built, so every hyperparameter is covered; the next step's rate is set by
+    # rates_at_current_step once the run's plan is restored.
     built = [{k: v for k, v in group.items() if k not in ("params", "lr")} for group in optimiser.param_groups]
     try:
         model.load_state_dict(state["model"])
@@ -190,6 +190,15 @@ def resume_from(path: Path, recipe: dict, model, ema, optimiser, schedule, devic
     except Exception as err:
         raise InputError(f"{path}: does not restore this run ({type(err).__name__}: {err})") from None
     return state
+
+
+def rates_at_current_step(schedule) -> None:
+    """Give each group the rate the schedule assigns to the step a resumed run takes next. A loaded
+    optimiser state holds the rate the checkpoint's recipe computed for it, so without this the first
+    step after `--resume --set train.lr=...` would run at the old rate (and a changed warm-up or
+    planned length would also show only from the second step)."""
+    for group, base, factor in zip(schedule.optimizer.param_groups, schedule.base_lrs, schedule.lr_lambdas):
+        group["lr"] = base * factor(schedule.last_epoch)
 
 
 def changed_keys(saved: dict, recipe: dict) -> list[str]:
@@ -290,6 +299,7 @@ def main(argv=None) -> int:
             print(f"resuming {run / 'last.pt'} at step {step} with a changed recipe: {'; '.join(changes)}")
         if state.get("planned"):  # a planned length holds for the whole run
             plan.update(total=state["total"], planned=True)
+        rates_at_current_step(schedule)
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
 
     # --- data ------------------------------------------------------------------------------------
