@@ -20,12 +20,13 @@ import importlib.util
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from rawdenoise.errors import InputError
+from rawdenoise.noise_csv import NOISE_CSV
 from rawdenoise.noise import NoiseLevel, contest_noise_levels, mosaic_from_rgb, quantise, random_camera, unprocess
 from rawdenoise.raw import denormalise, normalise, write_dng
 
@@ -33,7 +34,6 @@ DEFAULT_SIZE = (384, 512)  # mosaic H x W: the contest's 3:4 shape, small enough
 MAX_CROPS_PER_PHOTO = 2
 FULL_SIZE_TRAIN_SCENES = 4
 FULL_SIZE_TEST_SCENES = 2
-NOISE_CSV = "noise.csv"
 CSV_COLUMNS = [
     "split", "index", "noisy", "gt", "scene", "source", "noise_type", "a", "b",
     "red_gain", "blue_gain", "exposure",
@@ -325,8 +325,3 @@ def _swap_in(staging: Path, out: Path) -> None:
         out.rename(old)
     staging.rename(out)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def read_noise_csv(root: str | Path) -> Iterator[dict]:
-    with open(Path(root) / NOISE_CSV, newline="") as f:
-        yield from csv.DictReader(f)

@@ -9,15 +9,12 @@ also measures each input as it came and shows the gain per level, worst frame in
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from rawdenoise.errors import InputError
+from rawdenoise.noise_csv import listed_profiles
 from rawdenoise.noise_estimate import tag_profile
-
-NOISE_CSV = "noise.csv"  # at the data folder's root, beside the test folders
 
 
 @dataclass(frozen=True)
@@ -40,21 +37,12 @@ class LevelRow:
 def listed_levels(gt_dir: str | Path) -> dict[Path, Level]:
     """Ground-truth file (resolved) -> its level, from noise.csv at the ground-truth folder's data root."""
     root = Path(gt_dir).absolute().parent  # the data root as given: a linked GT folder keeps its noise.csv
-    path = root / NOISE_CSV
-    if not path.is_file():
-        return {}
     levels = {}
-    with open(path, newline="") as f:
-        for line, row in enumerate(csv.DictReader(f), start=2):
-            if not row.get("gt"):
-                continue
-            try:
-                a, b = float(row["a"]), float(row["b"])
-            except (KeyError, TypeError, ValueError):
-                raise InputError(f"{path}: line {line} has no numeric a and b columns") from None
-            kind = row.get("noise_type") or ""
-            label = f"type {kind}" if kind.isdigit() else kind or format_profile(a, b)
-            levels[(root / row["gt"]).resolve()] = Level(label, a, b)
+    for row in listed_profiles(root):
+        if row.gt:
+            kind = row.noise_type
+            label = f"type {kind}" if kind.isdigit() else kind or format_profile(row.a, row.b)
+            levels[(root / row.gt).resolve()] = Level(label, row.a, row.b)
     return levels
 
 

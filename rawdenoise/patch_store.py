@@ -31,13 +31,13 @@ from tqdm import tqdm
 
 from rawdenoise.errors import InputError
 from rawdenoise.files import atomic_path
+from rawdenoise.noise_csv import NOISE_CSV, listed_profiles
 from rawdenoise.noise_estimate import fit_pair_profile, tag_profile
 from rawdenoise.raw import pack, read
 from rawdenoise.tiff import locate_raw
 
 META = "meta.json"
 FORMAT = 3  # 2: index.csv carries each pair's noise profile; 3: meta names patch_size and channel_black
-NOISE_CSV = "noise.csv"  # at the data folder's root: split, index, noisy, gt, ..., a, b (make_demo_data writes one)
 
 
 INDEX_COLUMNS = ["patch", "frame", "noisy", "gt", "top", "left", "noise_std", "a", "b", "noise_source"]
@@ -87,21 +87,7 @@ def _split(indices: list[int], options: PatchOptions) -> tuple[list[int], list[i
 
 def _listed_profiles(data: Path) -> dict[str, tuple[float, float]]:
     """noisy file (relative to the data folder) -> (a, b), from the data's noise.csv if it has one."""
-    path = data / NOISE_CSV
-    if not path.is_file():
-        return {}
-    listed = {}
-    with open(path, newline="") as f:
-        for line, row in enumerate(csv.DictReader(f), start=2):
-            try:
-                a, b = float(row["a"]), float(row["b"])
-            except (KeyError, TypeError, ValueError):
-                raise InputError(f"{path}: line {line} has no numeric a and b columns") from None
-            if not (a >= 0 and b >= 0 and a + b > 0 and np.isfinite(a + b)):
-                raise InputError(f"{path}: line {line}: a and b must be finite, at least 0 and not both 0, got {a}, {b}")
-            if row.get("noisy"):
-                listed[str(Path(row["noisy"]))] = (a, b)
-    return listed
+    return {str(Path(row.noisy)): (row.a, row.b) for row in listed_profiles(data) if row.noisy}
 
 
 def pair_profile(noisy, gt, listed: dict, relative: str, scale: np.ndarray) -> tuple[float, float, str]:

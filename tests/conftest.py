@@ -20,3 +20,17 @@ def rng():
 def random_mosaic(rng, contest, shape=(64, 96)) -> np.ndarray:
     """A uint16 mosaic with values anywhere in the profile's [black, white]."""
     return rng.integers(contest.black_array.max(), contest.white + 1, size=shape).astype(np.uint16)
+
+
+def copy_noise_csv_with(source_root, target_root, row: int, column: str, value: str) -> int:
+    """Copy a data folder's noise.csv with one row's column set to `value`; -> that row's line number."""
+    import csv
+
+    with open(f"{source_root}/noise.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    rows[row][column] = value
+    with open(f"{target_root}/noise.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return row + 2  # after the header, counted from 1

@@ -10,7 +10,8 @@ import pytest
 
 from rawdenoise import InputError
 from rawdenoise.contest import load_contest
-from rawdenoise.demo import NOISE_CSV, PHOTO_SOURCES, bundled_photos, make_demo_dataset, read_noise_csv
+from rawdenoise.demo import PHOTO_SOURCES, bundled_photos, make_demo_dataset
+from rawdenoise.noise_csv import NOISE_CSV, read_noise_csv
 from rawdenoise.raw import read
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,6 +11,7 @@ from rawdenoise.noise_estimate import clipped_moments
 from rawdenoise.patch_store import PatchOptions, load_meta, make_patch_store, positions
 from rawdenoise.raw import pack
 from rawdenoise.training_samples import PatchSamples, StepSampler, bayer_augment
+from tests.conftest import copy_noise_csv_with
 
 ZTE = load_contest("zte2022")
 
@@ -101,7 +102,7 @@ def test_the_index_carries_each_pairs_true_profile_from_the_best_source(demo, st
     import csv
     import shutil
 
-    from rawdenoise.demo import read_noise_csv
+    from rawdenoise.noise_csv import read_noise_csv
     from rawdenoise.raw import read, write_dng
 
     truth = {row["noisy"]: (float(row["a"]), float(row["b"])) for row in read_noise_csv(demo) if row["split"] == "train"}
@@ -191,6 +192,18 @@ def test_cli_runs_as_a_script_and_refuses_bad_data(demo, tmp_path):
     bad = subprocess.run([sys.executable, str(script), "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "t")],
                          capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "nope" in bad.stderr and "Traceback" not in bad.stderr
+    # the same data with a noise.csv whose level is not a number: named by file and line, no store left
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for entry in demo.iterdir():
+        if entry.name != "noise.csv":
+            (broken / entry.name).symlink_to(entry)
+    line = copy_noise_csv_with(demo, broken, 1, "b", "n/a")
+    refused = subprocess.run([sys.executable, str(script), "--data", str(broken), "--out", str(tmp_path / "u"),
+                              "--patch-size", "48"], capture_output=True, text=True)  # fmt: skip
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"{broken / 'noise.csv'}: line {line} has no numeric a and b columns" in refused.stderr
+    assert not (tmp_path / "u" / "meta.json").exists()
 
 
 def test_dead_leaves_discs_follow_r_to_the_minus_3_and_cover_every_pixel():

@@ -22,6 +22,7 @@ from rawdenoise.leaderboard import Entry, ranked, record, ground_truth_key
 from rawdenoise.raw import read, write_back
 from rawdenoise.scoring import resolve, score_pairs, score_pairs_in_processes, totals
 from rawdenoise.submission_zip import open_submission
+from tests.conftest import copy_noise_csv_with
 
 ROOT = Path(__file__).resolve().parent.parent
 ZTE = load_contest("zte2022")
@@ -205,6 +206,12 @@ def test_the_gain_over_the_input_is_shown_per_noise_level(demo, tmp_path):
     tagged = run_score(str(pred), str(bare / "testset_gt"), "--json")
     labels = [level["level"] for level in json.loads(tagged.stdout)["levels"]]
     assert labels and all(label.startswith("a=") for label in labels)
+
+    # a noise.csv with a bad level is named, line and all, rather than grouping frames under it
+    line = copy_noise_csv_with(demo, bare, 2, "a", "-0.5")
+    refused = run_score(str(pred), str(bare / "testset_gt"), "--json")
+    assert refused.returncode == 2 and refused.stdout == "" and "Traceback" not in refused.stderr
+    assert f"{bare / 'noise.csv'}: line {line}: a and b must be finite, at least 0" in refused.stderr
 
 
 def _record_many(db: str, prefix: str, n: int) -> None:

@@ -13,7 +13,8 @@ from collections import Counter
 
 from rawdenoise import cli
 from rawdenoise.contest import load_contest
-from rawdenoise.demo import DEFAULT_SIZE, NOISE_CSV, make_demo_dataset, read_noise_csv
+from rawdenoise.demo import DEFAULT_SIZE, make_demo_dataset
+from rawdenoise.noise_csv import NOISE_CSV, read_noise_csv
 from rawdenoise.errors import InputError
 
 
