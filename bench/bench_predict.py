@@ -92,7 +92,7 @@ def main() -> None:
                 frame = read(path, contest)
                 frame_noise_profile(frame) if conditioned else None
                 frame.packed()
-                write_back(path, names.path(Path(tmp), i), frame.to_mosaic(outputs[i]), frame.layout)
+                write_back(path, names.path(Path(tmp), i), frame.to_mosaic(outputs[i]))
 
         io_time = best(io_only, args.repeats)
         whole = best(lambda: predict.predict_folder(model, Path(args.data) / contest.layout.test_noisy.folder, Path(tmp) / "out",

@@ -89,7 +89,6 @@ class Segment:
 @dataclass(frozen=True)
 class RawLayout:
     path: Path | str
-    file_size: int  # bytes: a file of another size is not the one this layout describes
     byteorder: str  # "<" or ">"
     height: int
     width: int
@@ -377,7 +376,6 @@ def _layout(path, size: int, byteorder: str, raw: _Ifd, ifd0: _Ifd) -> RawLayout
         segments.append(seg)
     return RawLayout(
         path=path,
-        file_size=size,
         byteorder=byteorder,
         height=height,
         width=width,

@@ -117,18 +117,17 @@ def predict_folder(model, input_dir: Path, output_dir: Path, contest, tile: int 
     inputs = contest.layout.test_noisy.bare.find(input_dir)
     if not inputs:
         raise InputError(f"{input_dir}: no test inputs named like {contest.layout.test_noisy.bare.pattern}")
-    layouts = {path: locate_raw(path) for path in inputs.values()}  # each DNG's structure, parsed once here
-    for layout in layouts.values():  # refuse a container we cannot write back before spending any compute
-        check_writable(layout)
+    for path in inputs.values():  # refuse a container we cannot write back before spending any compute
+        check_writable(locate_raw(path))
     names = contest.submission.output
     conditioned = is_noise_conditioned(model)
 
     def load(path: Path):
-        frame = read(path, contest, layouts[path])
+        frame = read(path, contest)
         return frame, frame.packed(), frame_noise_profile(frame, noise) if conditioned else None
 
     def store(i: int, path: Path, frame, output: np.ndarray) -> None:
-        write_back(path, names.path(staging, i), frame.to_mosaic(output), frame.layout)
+        write_back(path, names.path(staging, i), frame.to_mosaic(output))
 
     items = list(inputs.items())
     with replaced_folder(output_dir, owned=names.matches) as staging, _io_executor(model) as io:

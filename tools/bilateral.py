@@ -73,7 +73,7 @@ def main(argv=None) -> int:
         for i, path in tqdm(inputs.items(), desc="bilateral", unit="frame", disable=args.quiet):
             frame = read(path, contest)
             filtered = bilateral(frame.packed(), args.radius, args.sigma_space, args.sigma_color)
-            write_back(path, names.path(staging, i), frame.to_mosaic(filtered), frame.layout)
+            write_back(path, names.path(staging, i), frame.to_mosaic(filtered))
     print(f"wrote {len(inputs)} bilateral predictions to {output} in {time.perf_counter() - start:.1f} s")
     return 0
 

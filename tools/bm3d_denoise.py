@@ -49,7 +49,7 @@ def bm3d_packed(packed: np.ndarray, a: float, b: float, profile: str = "np") -> 
 def denoise_file(source: Path, dest: Path, contest, noise, profile: str) -> None:
     frame = read(source, contest)
     a, b = frame_noise_profile(frame, noise)
-    write_back(source, dest, frame.to_mosaic(bm3d_packed(frame.packed(), a, b, profile)), frame.layout)
+    write_back(source, dest, frame.to_mosaic(bm3d_packed(frame.packed(), a, b, profile)))
 
 
 def build_parser() -> argparse.ArgumentParser:
