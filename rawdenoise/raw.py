@@ -360,8 +360,9 @@ def write_back(container: str | os.PathLike, dest: str | os.PathLike, mosaic: np
     refused. dest appears only once complete.
     """
     container = Path(container)
-    data = bytearray(_read_bytes(container))
-    layout = locate_raw(data, str(container))
+    original = _read_bytes(container)
+    layout = locate_raw(original, str(container))  # parsed from bytes, not the bytearray: BytesIO shares them
+    data = bytearray(original)
     check_writable(layout)
     mosaic = np.asarray(mosaic)
     if mosaic.shape != (layout.height, layout.width):

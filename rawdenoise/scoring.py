@@ -63,8 +63,11 @@ class Predictions:
     submission: SubmissionZip | None
 
 
-def resolve(pred: str | Path, gt_dir: str | Path, contest, noisy_dir: str | Path | None = None) -> Predictions:
-    """Pair every ground-truth frame in gt_dir with its prediction; missing or extra images are errors."""
+def resolve(pred: str | Path, gt_dir: str | Path, contest, noisy_dir: str | Path | None = None,
+            levels: bool = True) -> Predictions:  # fmt: skip
+    """Pair every ground-truth frame in gt_dir with its prediction; missing or extra images are errors.
+    `levels`: read each frame's noise level from the data's noise.csv (a bad one is an InputError); a
+    caller that shows no level leaves it off, so the metric alone never depends on that file."""
     pred, gt_dir = Path(pred), Path(gt_dir)
     if not gt_dir.is_dir():
         raise InputError(f"{gt_dir}: ground-truth folder not found")
@@ -91,9 +94,9 @@ def resolve(pred: str | Path, gt_dir: str | Path, contest, noisy_dir: str | Path
         raise InputError(f"{pred}: no such zip, run folder or folder of predictions")
     names = contest.submission.output.bare if source != "noisy" else contest.layout.test_noisy.bare
     names.check_matches(gts, found, label, "ground truth")
-    levels = listed_levels(gt_dir)
+    listed = listed_levels(gt_dir) if levels else {}
     pairs = [
-        Pair(i, Path(names.name(i)).stem, gts[i], found[i][0], found[i][1], noisy.get(i), levels.get(gts[i].resolve()))
+        Pair(i, Path(names.name(i)).stem, gts[i], found[i][0], found[i][1], noisy.get(i), listed.get(gts[i].resolve()))
         for i in sorted(gts)
     ]
     for pair in pairs:  # every size, before any frame is read or decompressed

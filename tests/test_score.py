@@ -212,6 +212,8 @@ def test_the_gain_over_the_input_is_shown_per_noise_level(demo, tmp_path):
     refused = run_score(str(pred), str(bare / "testset_gt"), "--json")
     assert refused.returncode == 2 and refused.stdout == "" and "Traceback" not in refused.stderr
     assert f"{bare / 'noise.csv'}: line {line}: a and b must be finite, at least 0" in refused.stderr
+    metric_only = run_score(str(pred), str(bare / "testset_gt"), "--json", "--no-levels")  # no level shown: not read
+    assert metric_only.returncode == 0 and json.loads(metric_only.stdout)["score"] == json.loads(tagged.stdout)["score"]
 
 
 def _record_many(db: str, prefix: str, n: int) -> None:

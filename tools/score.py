@@ -140,7 +140,8 @@ def main(argv=None) -> int:
     for flag, out in (("--csv", args.csv), ("--html", args.html)):
         if out and Path(out).resolve() in (db.resolve(), Path(args.pred).resolve()):
             raise InputError(f"{out}: {flag} would overwrite an input of this scoring (the leaderboard or the predictions)")
-    predictions = resolve(args.pred, gt_dir, contest, noisy_dir if args.html or not args.no_levels else None)
+    predictions = resolve(args.pred, gt_dir, contest, noisy_dir if args.html or not args.no_levels else None,
+                          levels=not args.no_levels)  # fmt: skip
     facts = model_facts(predictions, contest) if args.name else {}
     inputs = not args.no_levels and predictions.source != "noisy"  # the inputs themselves gain nothing
     bar = tqdm(total=len(predictions.pairs), desc="scoring", unit="frame", disable=args.json or not sys.stderr.isatty())
