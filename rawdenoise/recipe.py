@@ -94,6 +94,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "clip": Key("float", 0.0, low=0, help="gradient-norm clip; 0 turns it off"),
         "val_every": Key("int", 500, low=1),
         "log_every": Key("int", 10, low=1),
+        "float32_recipe": Key("str", "", help="a recipe in configs/train sized for devices without bf16 arithmetic: "
+                              "the warning for a budget that fits under half the steps names it there"),
         "amp": Key("str", "none", choices=("none", "bf16", "auto"),
                    help="bf16 autocast; auto: bf16 where the device has bf16 arithmetic (AVX512-BF16, AMX, a bf16 GPU), else none"),  # fmt: skip
         "device": Key("str", "auto", choices=("auto", "cpu", "cuda")),

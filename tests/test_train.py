@@ -217,6 +217,8 @@ def test_every_shipped_recipe_is_valid_and_gets_its_defaults():
     for path in sorted((ROOT / "configs" / "train").glob("*.toml")):
         recipe = load_recipe(path)
         assert {s: set(t) for s, t in recipe.items()} == {s: set(t) for s, t in SCHEMA.items()}, path.name
+        sized = recipe["train"]["float32_recipe"]  # a recipe the warning sends a user to must be there
+        assert not sized or (path.parent / f"{sized}.toml").is_file(), f"{path.name}: no {sized}.toml"
 
 
 def test_bad_values_from_the_command_line_exit_2_without_a_traceback(store, tmp_path):
@@ -326,6 +328,9 @@ def test_a_budget_that_fits_under_half_the_recipes_steps_warns_and_says_why_on_a
     warning = short_budget_warning(970, 6000, float32_cpu=True)
     assert "only 16% of the recipe's steps fit" in warning and "no AVX512-BF16 or AMX" in warning
     assert "AMX" not in short_budget_warning(970, 6000, float32_cpu=False)  # a GPU or a bf16 CPU: no such reason
+    sized = short_budget_warning(970, 6000, float32_cpu=True, float32_recipe="quality_float32")
+    assert sized.startswith(warning) and "./run_all.sh --recipe quality_float32" in sized
+    assert "run_all" not in short_budget_warning(970, 6000, float32_cpu=False, float32_recipe="quality_float32")
 
 
 def test_a_run_with_a_spent_time_budget_stops_early_finished_and_a_resumed_one_keeps_its_plan(store, tmp_path):

@@ -80,15 +80,20 @@ def steps_within(budget_s: float, spent_s: float, step: int, step_s: float, val_
     return step + max(1, math.floor(further))
 
 
-def short_budget_warning(total: int, iterations: int, float32_cpu: bool) -> str | None:
+def short_budget_warning(total: int, iterations: int, float32_cpu: bool, float32_recipe: str = "") -> str | None:
     """What a user should know when the budget fits under half of the recipe's steps: its figures were
     measured at its full length, so this machine trains a weaker model (the quality recipe, sized for
-    bf16 on an AVX512-BF16 CPU, fits 970 of its 6000 steps on an AVX2-only one). None otherwise."""
+    bf16 on an AVX512-BF16 CPU, fits 970 of its 6000 steps on an AVX2-only one), and, on a CPU without
+    bf16, the recipe sized for it if the recipe names one (train.float32_recipe). None otherwise."""
     if 2 * total >= iterations:
         return None
     why = "; this CPU trains in float32 (no AVX512-BF16 or AMX for bf16 autocast)" if float32_cpu else ""
+    instead = ""
+    if float32_cpu and float32_recipe:
+        instead = (f"; configs/train/{float32_recipe}.toml is sized for such a CPU and trains a better model "
+                   f"in the same time (./run_all.sh --recipe {float32_recipe})")
     return (f"warning: only {total / iterations:.0%} of the recipe's steps fit its time budget here{why}: "
-            "expect a model short of the figures the recipe was measured at")
+            f"expect a model short of the figures the recipe was measured at{instead}")
 
 
 def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
@@ -382,7 +387,8 @@ def main(argv=None) -> int:
         if master:
             tqdm.write(f"train.minutes = {cfg['minutes']:g}: {total} of the recipe's {iterations} steps fit "
                        f"({step_s:.3f} s a step, validation {val_s:.1f} s every {val_every} steps)")
-            warning = short_budget_warning(total, iterations, device.type == "cpu" and not precision.bf16_hardware(device))
+            float32_cpu = device.type == "cpu" and not precision.bf16_hardware(device)
+            warning = short_budget_warning(total, iterations, float32_cpu, cfg["float32_recipe"])
             if warning:
                 tqdm.write(warning)
 
