@@ -26,10 +26,11 @@ def copy_noise_csv_with(source_root, target_root, row: int, column: str, value: 
     """Copy a data folder's noise.csv with one row's column set to `value`; -> that row's line number."""
     import csv
 
-    with open(f"{source_root}/noise.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    from rawdenoise.noise_csv import NOISE_CSV, read_noise_csv
+
+    rows = list(read_noise_csv(source_root))
     rows[row][column] = value
-    with open(f"{target_root}/noise.csv", "w", newline="") as f:
+    with open(f"{target_root}/{NOISE_CSV}", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
