@@ -8,6 +8,12 @@ same profile, one process per core). The figures are their wall-clock times and 
 this one run, and the mean PSNR of each with the gain over the input per noise level, so a model that
 trails BM3D at some level shows where. Frames the model makes worse than its input by more than
 0.05 dB are counted.
+
+A second table says where in the frame: each frame's pixels split in thirds by how much the ground truth
+varies around them (its local gradient), the model's lead over BM3D on the flattest third, the middle one
+and the most textured one. Block matching averages a smooth sky over many repeats that a network trained
+on small crops never sees together, so a model can lead on texture and trail on flat regions at once;
+a mean over the frame hides which.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from rawdenoise import cli
 from rawdenoise.contest import load_contest
@@ -33,6 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 HARM = 0.05  # dB below the input that counts as harm
+REGIONS = ("flat", "middle", "textured")
+GRADIENT_SIGMA = 1.5  # packed pixels: the scale at which "flat" is judged, a little over the noise's own
 
 
 def timed(command: list[str]) -> float:
@@ -41,12 +50,27 @@ def timed(command: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def psnrs(folder: Path, names, gt_files: dict, contest) -> np.ndarray:
-    out = []
+def texture_thirds(gt) -> np.ndarray:
+    """Each mosaic pixel's third (0 flat, 1 middle, 2 textured) by the local gradient of the ground truth's
+    colour-channel mean, taken on the packed frame so the CFA's own pattern does not count as texture."""
+    gradient = ndimage.gaussian_gradient_magnitude(gt.packed().mean(axis=0), GRADIENT_SIGMA)
+    thirds = np.digitize(gradient, np.quantile(gradient, [1 / 3, 2 / 3]))
+    return thirds.repeat(2, axis=0).repeat(2, axis=1)  # a packed pixel is one 2x2 cell of the mosaic
+
+
+def region_psnrs(gt: np.ndarray, prediction: np.ndarray, thirds: np.ndarray, data_range: float) -> list[float]:
+    error = (gt.astype(np.float64) - prediction) ** 2
+    return [float(10 * np.log10(data_range**2 / max(error[thirds == k].mean(), 1e-12))) for k in range(len(REGIONS))]
+
+
+def psnrs(folder: Path, names, gt_files: dict, contest) -> tuple[np.ndarray, np.ndarray]:
+    """-> (whole-frame PSNR per frame, PSNR per frame and texture third)."""
+    whole, regions = [], []
     for i, gt_path in sorted(gt_files.items()):
-        prediction = read(names.path(folder, i), contest).mosaic
-        out.append(capped(psnr(read(gt_path, contest).mosaic, prediction, contest.metric.data_range), contest))
-    return np.array(out)
+        gt, prediction = read(gt_path, contest), read(names.path(folder, i), contest).mosaic
+        whole.append(capped(psnr(gt.mosaic, prediction, contest.metric.data_range), contest))
+        regions.append(region_psnrs(gt.mosaic, prediction, texture_thirds(gt), contest.metric.data_range))
+    return np.array(whole), np.array(regions)
 
 
 def main() -> None:
@@ -70,7 +94,7 @@ def main() -> None:
                                "--contest", args.contest] + ({True: ["--tta"], False: ["--no-tta"]}.get(args.tta, [])))  # fmt: skip
         seconds_bm3d = timed(["tools/bm3d_denoise.py", "--input", str(inputs), "--output", str(bm3d_out), "--contest", args.contest])
         names = contest.submission.output
-        model, bm3d = psnrs(model_out, names, gt_files, contest), psnrs(bm3d_out, names, gt_files, contest)
+        (model, model_regions), (bm3d, bm3d_regions) = (psnrs(out, names, gt_files, contest) for out in (model_out, bm3d_out))
     noisy = np.array([capped(psnr(read(gt_files[i], contest).mosaic, read(noisy_files[i], contest).mosaic,
                                   contest.metric.data_range), contest) for i in sorted(gt_files)])  # fmt: skip
     levels = []
@@ -93,6 +117,13 @@ def main() -> None:
         gain_model, gain_bm3d = (model[mine] - noisy[mine]).mean(), (bm3d[mine] - noisy[mine]).mean()
         print(f"{label:<10} {len(mine):>6} {noisy[mine].mean():>8.3f} {gain_model:>+11.3f} {gain_bm3d:>+10.3f} "
               f"{gain_model - gain_bm3d:>+13.3f}")  # fmt: skip
+    lead = model_regions - bm3d_regions
+    print("\nmodel - BM3D (dB) on each frame's flattest, middle and most textured third of pixels (ground truth's gradient)")
+    print(f"{'level':<10} " + " ".join(f"{region:>9}" for region in REGIONS))
+    for label in dict.fromkeys(levels):
+        mine = [k for k, lv in enumerate(levels) if lv == label]
+        print(f"{label:<10} " + " ".join(f"{value:>+9.3f}" for value in lead[mine].mean(axis=0)))
+    print(f"{'mean':<10} " + " ".join(f"{value:>+9.3f}" for value in lead.mean(axis=0)))
 
 
 if __name__ == "__main__":
