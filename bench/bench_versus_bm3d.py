@@ -19,6 +19,7 @@ a mean over the frame hides which.
 from __future__ import annotations
 
 import argparse
+import math
 import subprocess
 import sys
 import tempfile
@@ -59,8 +60,13 @@ def texture_thirds(gt) -> np.ndarray:
 
 
 def region_psnrs(gt: np.ndarray, prediction: np.ndarray, thirds: np.ndarray, data_range: float) -> list[float]:
+    """PSNR on each third; NaN for a third that is empty (a frame whose gradient is one value throughout)."""
     error = (gt.astype(np.float64) - prediction) ** 2
-    return [float(10 * np.log10(data_range**2 / max(error[thirds == k].mean(), 1e-12))) for k in range(len(REGIONS))]
+    out = []
+    for k in range(len(REGIONS)):
+        selected = error[thirds == k]
+        out.append(float(10 * np.log10(data_range**2 / max(selected.mean(), 1e-12))) if selected.size else math.nan)
+    return out
 
 
 def psnrs(folder: Path, names, gt_files: dict, contest) -> tuple[np.ndarray, np.ndarray]:
@@ -122,8 +128,8 @@ def main() -> None:
     print(f"{'level':<10} " + " ".join(f"{region:>9}" for region in REGIONS))
     for label in dict.fromkeys(levels):
         mine = [k for k, lv in enumerate(levels) if lv == label]
-        print(f"{label:<10} " + " ".join(f"{value:>+9.3f}" for value in lead[mine].mean(axis=0)))
-    print(f"{'mean':<10} " + " ".join(f"{value:>+9.3f}" for value in lead.mean(axis=0)))
+        print(f"{label:<10} " + " ".join(f"{value:>+9.3f}" for value in np.nanmean(lead[mine], axis=0)))
+    print(f"{'mean':<10} " + " ".join(f"{value:>+9.3f}" for value in np.nanmean(lead, axis=0)))
 
 
 if __name__ == "__main__":
