@@ -67,6 +67,7 @@ def main() -> None:
     model = run_model(Run.open(run), torch.device("cpu"))
     adopt_radius(model, read_measured(run, run / "model.pth").get("receptive_radius"))
     tta = args.tta if args.tta is not None else Run.open(run).tta
+    views = Run.open(run).tta_views
     inputs = contest.layout.test_noisy.bare.find(Path(args.data) / contest.layout.test_noisy.folder)
     conditioned = is_noise_conditioned(model)
     tile = args.tile or None
@@ -80,7 +81,7 @@ def main() -> None:
 
     def model_only():
         for i in frames:
-            outputs[i] = predict.denoise(model, packed[i], tile, tta, profiles[i], args.precision)
+            outputs[i] = predict.denoise(model, packed[i], tile, tta, profiles[i], args.precision, views=views)
 
     model_only()  # warm-up: kernels, and the receptive-field probe if tiles need one
     model_time = best(model_only, args.repeats)
@@ -96,8 +97,8 @@ def main() -> None:
 
         io_time = best(io_only, args.repeats)
         whole = best(lambda: predict.predict_folder(model, Path(args.data) / contest.layout.test_noisy.folder, Path(tmp) / "out",
-                                                    contest, tile, tta, False, "auto", args.precision), args.repeats)  # fmt: skip
-    print(f"{run} on {len(inputs)} frames of {args.data}, {args.precision}, tile {tile}, TTA {'on' if tta else 'off'}:")
+                                                    contest, tile, tta, False, "auto", args.precision, views=views), args.repeats)  # fmt: skip
+    print(f"{run} on {len(inputs)} frames of {args.data}, {args.precision}, tile {tile}, TTA {f'{views} views' if tta else 'off'}:")
     print(f"  model alone {model_time:.2f} s; I/O alone (decode, noise profile, write-back) {io_time:.2f} s; "
           f"sequential would be {model_time + io_time:.2f} s ({(model_time + io_time) / model_time:.2f}x)")
     print(f"  predict_folder {whole:.2f} s: {whole / model_time:.2f}x the model's time "

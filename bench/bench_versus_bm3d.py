@@ -1,6 +1,6 @@
 """A trained model against BM3D on one test set: quality per noise level and the time each takes.
 
-    python bench/bench_versus_bm3d.py --run runs/quality [--data work/demo] [--tta | --no-tta]
+    python bench/bench_versus_bm3d.py --run runs/quality [--data work/demo] [--tta | --no-tta] [--tta-views 2|8]
 
 Both entries run as a contestant runs them, as whole commands on the same inputs: submission/predict.py
 (the model told each frame's noise profile, default tiles, test-time augmentation as its recipe says) and tools/bm3d_denoise.py (BM3D told the
@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--data", default="work/demo", help="data folder with testset/ and testset_gt/ (default: %(default)s)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction,
                         help="force test-time augmentation on or off (default: the run's recipe)")  # fmt: skip
+    parser.add_argument("--tta-views", type=int, choices=(2, 8), help="views test-time augmentation averages (default: the run's recipe)")
     cli.add_contest_argument(parser)
     args = parser.parse_args()
     contest = load_contest(args.contest)
@@ -97,7 +98,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_out, bm3d_out = Path(tmp) / "model", Path(tmp) / "bm3d"
         seconds_model = timed(["submission/predict.py", "--run", args.run, "--input", str(inputs), "--output", str(model_out),
-                               "--contest", args.contest] + ({True: ["--tta"], False: ["--no-tta"]}.get(args.tta, [])))  # fmt: skip
+                               "--contest", args.contest] + ({True: ["--tta"], False: ["--no-tta"]}.get(args.tta, []))
+                              + (["--tta-views", str(args.tta_views)] if args.tta_views else []))  # fmt: skip
         seconds_bm3d = timed(["tools/bm3d_denoise.py", "--input", str(inputs), "--output", str(bm3d_out), "--contest", args.contest])
         names = contest.submission.output
         (model, model_regions), (bm3d, bm3d_regions) = (psnrs(out, names, gt_files, contest) for out in (model_out, bm3d_out))
@@ -108,7 +110,7 @@ def main() -> None:
         level = listed.get(gt_files[i].resolve()) or tagged_level(read(noisy_files[i], contest))
         levels.append(level.label if level else "?")
     n = len(model)
-    tta = {True: " with --tta", False: " with --no-tta"}.get(args.tta, "")
+    tta = {True: " with --tta", False: " with --no-tta"}.get(args.tta, "") + (f" --tta-views {args.tta_views}" if args.tta_views else "")
     print(f"{args.run}{tta} against BM3D on {data}: {n} test frames")
     print(f"{'entry':<8} {'seconds':>8} {'per frame':>10} {'mean PSNR':>10} {'harmed':>7}")
     print(f"{'model':<8} {seconds_model:>8.1f} {seconds_model / n:>10.2f} {model.mean():>10.3f} "

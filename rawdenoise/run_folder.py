@@ -67,6 +67,11 @@ class Run:
         return bool(self.recipe.get("predict", {}).get("tta", False))
 
     @property
+    def tta_views(self) -> int:
+        """The recipe's [predict] tta_views: how many views predict's --tta averages (8 for a run from before it)."""
+        return int(self.recipe.get("predict", {}).get("tta_views", 8))
+
+    @property
     def patch_store(self) -> Path | None:
         """The patch store the run trained from (its recipe's data.patches), if it names one."""
         store = self.recipe.get("data", {}).get("patches")

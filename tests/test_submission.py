@@ -32,9 +32,9 @@ def demo(tmp_path_factory):
     return make_demo_dataset(tmp_path_factory.mktemp("d") / "demo", ZTE, size=(128, 192), progress=False)
 
 
-def make_run(path: Path, head_std: float = 0.0, noise: str = "none", tta: bool | None = None) -> Path:
-    """A finished run folder: config.toml and model.pth (the identity when head_std is 0); `tta` sets
-    the recipe's [predict] tta (None: a recipe from before that section, without it)."""
+def make_run(path: Path, head_std: float = 0.0, noise: str = "none", tta: bool | None = None, tta_views: int | None = None) -> Path:
+    """A finished run folder: config.toml and model.pth (the identity when head_std is 0); `tta` and
+    `tta_views` set the recipe's [predict] keys (None: a recipe without them, as from before that section)."""
     torch.manual_seed(0)
     args = {**ARGS, "noise": noise} if noise != "none" else ARGS
     model = build_model("unet", **args)
@@ -45,6 +45,8 @@ def make_run(path: Path, head_std: float = 0.0, noise: str = "none", tta: bool |
               "train": {"iterations": 1, "batch": 1, "lr": 1e-3, "seed": 0}}  # fmt: skip
     if tta is not None:
         recipe["predict"] = {"tta": tta}
+    if tta_views is not None:
+        recipe.setdefault("predict", {})["tta_views"] = tta_views
     write_toml(path / "config.toml", recipe)
     torch.save(model.state_dict(), path / "model.pth")
     return path
@@ -118,6 +120,12 @@ def test_predict_augments_as_the_runs_recipe_says_unless_told_otherwise(demo, tm
     assert np.array_equal(prediction(augmented), prediction(plain, "--tta"))  # the recipe's choice is --tta's
     assert np.array_equal(prediction(augmented, "--no-tta"), prediction(plain))  # a run without [predict]: off
     assert not np.array_equal(prediction(augmented), prediction(plain))
+    pair = make_run(tmp_path / "pair", head_std=0.05, tta=True, tta_views=2)  # the recipe's views are --tta-views'
+    assert np.array_equal(prediction(pair), prediction(plain, "--tta", "--tta-views", "2"))
+    assert np.array_equal(prediction(pair, "--tta-views", "8"), prediction(plain, "--tta"))
+    assert not np.array_equal(prediction(pair), prediction(plain, "--tta"))
+    manifest = json.loads((tmp_path / "predictions" / "pair.manifest.json").read_text())
+    assert manifest["tta"] is True and manifest["tta_views"] == 2
 
 
 def test_a_conditioned_model_is_told_each_frames_tag_else_its_estimate(demo, tmp_path):
@@ -171,7 +179,7 @@ def test_pack_writes_exactly_the_contest_layout_and_the_network_loads(demo, tmp_
     manifest = json.loads((run / "result" / "data.manifest.json").read_text())  # what the set was made from
     assert manifest["inputs"] == str((demo / "testset").resolve()) and manifest["frames"] == len(list((demo / "testset").iterdir()))
     assert manifest["model"]["name"] == "unet" and manifest["tile"] == DEFAULT_TILE and manifest["stream"] is True
-    assert manifest["tta"] is False
+    assert manifest["tta"] is False and manifest["tta_views"] is None
     result = tool("submission/pack.py", "--run", str(run))  # the inputs to check against: the manifest's
     assert result.returncode == 0, result.stderr
     (run / "result" / "data.manifest.json").unlink()

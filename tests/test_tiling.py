@@ -6,6 +6,7 @@ import torch
 
 from rawdenoise import streaming
 from rawdenoise.contest import DEFAULT_CONTEST, load_contest
+from rawdenoise.errors import InputError
 from rawdenoise.models import build_model
 from rawdenoise.tiling import infer, margin_for, receptive_radius, why_not_streamed
 from submission.predict import _backward, _forward, denoise
@@ -103,6 +104,19 @@ def test_test_time_augmentation_is_invertible_and_exact_for_the_identity():
         assert np.array_equal(_backward(_forward(x, op), op), x), op
     identity = build_model("unet", **MODELS["unet"])
     assert np.allclose(denoise(identity, x, None, tta=True), x, atol=1e-7)
+
+
+def test_two_view_augmentation_averages_the_frame_and_its_transpose_only():
+    """--tta-views 2 keeps the CFA's phase: the transpose needs no padding, so the pair is the frame's own
+    prediction and its transpose's, nothing mirrored; more or fewer views than offered are refused."""
+    x = np.random.default_rng(3).random((4, 12, 16)).astype(np.float32)
+    model = trained_like("unet")
+    own, transposed = (_backward(infer(model, _forward(x, op), None), op) for op in (0, 4))
+    pair = denoise(model, x, None, tta=True, views=2)
+    assert np.allclose(pair, (own.astype(np.float64) + transposed) / 2, atol=1e-6)
+    assert not np.allclose(pair, own, atol=1e-4) and not np.allclose(pair, denoise(model, x, None, tta=True), atol=1e-4)
+    with pytest.raises(InputError, match="2 or 8 views|8 or 2 views"):
+        denoise(model, x, None, tta=True, views=4)
 
 
 def _rows_computed(model, x, **kwargs) -> int:
