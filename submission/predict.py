@@ -176,9 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="average Bayer-preserving flips/transposes, --tta-views times the model's time "
                              "(default: the run's recipe's [predict] tta, else off)")  # fmt: skip
     parser.add_argument("--tta-views", type=int, choices=sorted(TTA_VIEWS),
-                        help="views --tta averages: 8, every flip and transpose; 2, the frame and its transpose "
-                             "(the views that keep the CFA's phase: most of the gain at a quarter of the time) "
-                             "(default: the run's recipe's [predict] tta_views, else 8)")  # fmt: skip
+                        help="views --tta averages (given alone, it turns --tta on): 8, every flip and transpose; "
+                             "2, the frame and its transpose (the views that keep the CFA's phase: most of the gain "
+                             "at a quarter of the time) (default: the run's recipe's [predict] tta_views, else 8)")  # fmt: skip
     cli.add_device_argument(parser)
     parser.add_argument("--precision", default="auto", choices=precision.PRECISIONS,
                         help="fp32; bf16 for the network's body (input, residual add and output stay float32); "
@@ -217,7 +217,8 @@ def main(argv=None) -> int:
         print(f"note: {name} runs in square tiles with margins, not streamed strips: {refusal}", file=sys.stderr)
     start = time.perf_counter()
     manifest_path(output).unlink(missing_ok=True)  # a failure below leaves no manifest of another set
-    tta = args.tta if args.tta is not None else bool(run and run.tta)
+    # --tta-views alone asks for augmentation; --no-tta still turns it off
+    tta = args.tta if args.tta is not None else bool(args.tta_views or (run and run.tta))
     views = args.tta_views or (run.tta_views if run else 8)
     written = predict_folder(model, Path(args.input), output, contest, args.tile or None, tta, not args.quiet,
                              args.noise, chosen, args.stream, views)  # fmt: skip

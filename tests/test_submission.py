@@ -123,6 +123,8 @@ def test_predict_augments_as_the_runs_recipe_says_unless_told_otherwise(demo, tm
     pair = make_run(tmp_path / "pair", head_std=0.05, tta=True, tta_views=2)  # the recipe's views are --tta-views'
     assert np.array_equal(prediction(pair), prediction(plain, "--tta", "--tta-views", "2"))
     assert np.array_equal(prediction(pair, "--tta-views", "8"), prediction(plain, "--tta"))
+    assert np.array_equal(prediction(plain, "--tta-views", "2"), prediction(pair))  # alone, it asks for augmentation
+    assert np.array_equal(prediction(pair, "--no-tta", "--tta-views", "2"), prediction(plain))
     assert not np.array_equal(prediction(pair), prediction(plain, "--tta"))
     manifest = json.loads((tmp_path / "predictions" / "pair.manifest.json").read_text())
     assert manifest["tta"] is True and manifest["tta_views"] == 2
