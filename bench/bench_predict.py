@@ -64,10 +64,11 @@ def main() -> None:
     args = parser.parse_args()
     contest = load_contest(args.contest)
     run = Path(args.run)
-    model = run_model(Run.open(run), torch.device("cpu"))
+    recipe_run = Run.open(run)
+    model = run_model(recipe_run, torch.device("cpu"))
     adopt_radius(model, read_measured(run, run / "model.pth").get("receptive_radius"))
-    tta = args.tta if args.tta is not None else Run.open(run).tta
-    views = Run.open(run).tta_views
+    tta = args.tta if args.tta is not None else recipe_run.tta
+    views = recipe_run.tta_views
     inputs = contest.layout.test_noisy.bare.find(Path(args.data) / contest.layout.test_noisy.folder)
     conditioned = is_noise_conditioned(model)
     tile = args.tile or None
