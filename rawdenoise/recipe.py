@@ -83,6 +83,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
                             "within it (validation included); 0 turns it off"),
         "batch": Key("int", low=1, help="the global batch, split over torchrun processes"),
         "lr": Key("float", low=0, low_open=True, help="peak learning rate (AdamW)"),
+        "lr_fan_in": Key("int", 0, low=0,
+                         help="layers summing more input channels than this train at lr * lr_fan_in / their fan-in "
+                              "(a rate per layer as in muP); 0: every layer at lr"),
         "weight_decay": Key("float", 0.0, low=0),
         "beta2": Key("float", 0.999, low=0, high=1, low_open=True, high_open=True,
                      help="Adam's second-moment decay; lower (0.95) adapts faster to a sudden large gradient"),

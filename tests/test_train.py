@@ -349,3 +349,52 @@ def test_a_run_with_a_spent_time_budget_stops_early_finished_and_a_resumed_one_k
     assert second.returncode == 0, second.stderr
     assert "steps fit" not in second.stdout
     assert weights(parts / "last.pt", "step") == 32 and (parts / "model.pth").is_file()
+
+
+def test_train_lr_fan_in_gives_each_layer_a_rate_inversely_proportional_to_the_channels_it_sums():
+    from train.train import parameter_groups
+
+    model = build_model("unet", widths=[8, 16, 32, 64], noise="ksigma")
+    groups = parameter_groups(model, 1e-3, 8)
+    rate = {id(p): group["lr"] for group in groups for p in group["params"]}
+    assert sorted(rate) == sorted(id(p) for p in model.parameters())  # every parameter in exactly one group
+    assert [group["lr"] for group in groups] == sorted({group["lr"] for group in groups})  # one group per rate
+    expected = {
+        "down.0.body.0": 1e-3,  # reads the 4 packed channels: fewer than the reference, so the recipe's rate
+        "down.0.body.2": 1e-3,  # sums 8 channels: the reference
+        "down.3.body.2": 1e-3 * 8 / 64,  # the bottleneck's second convolution sums 64
+        "up.2": 1e-3 * 8 / 64,  # the transposed convolution reads the bottleneck's 64 channels
+        "merge.0.body.0": 1e-3 * 8 / 16,  # the skip and the upsampled path: 2 x 8 channels
+        "head": 1e-3,
+    }
+    layers = dict(model.named_modules())
+    for name, lr in expected.items():
+        for parameter in layers[name].parameters(recurse=False):  # weight and bias alike
+            assert math.isclose(rate[id(parameter)], lr), name
+    assert [group["lr"] for group in parameter_groups(model, 1e-3, 0)] == [1e-3]  # 0: one rate for all
+    # NAFNet's norms and residual scales sum nothing: the recipe's rate; its depthwise convolutions sum one
+    # channel per group: the recipe's rate too; its 1x1 convolutions over the block's width: scaled
+    nafnet = build_model("nafnet", noise="ksigma")
+    naf_rate = {name: group["lr"] for group in parameter_groups(nafnet, 1e-3, 8)
+                for name, p in nafnet.named_parameters() for q in group["params"] if p is q}  # fmt: skip
+    scaled = {name: lr for name, lr in naf_rate.items() if lr < 1e-3}
+    assert scaled and all(not name.endswith(("beta", "gamma")) and ".norm" not in name for name in scaled)
+    depthwise = [name for name, m in nafnet.named_modules() if isinstance(m, torch.nn.Conv2d) and m.groups == m.in_channels > 1]
+    assert depthwise and all(naf_rate[f"{name}.weight"] == 1e-3 for name in depthwise)
+
+
+def test_a_run_with_rates_per_layer_keeps_them_through_a_resume_and_refuses_a_changed_reference(store, tmp_path):
+    run = tmp_path / "run"
+    first = train(store, run, "--set", "train.lr_fan_in=8", "--stop-after", "5")  # tiny: widths [8, 16, 32]
+    assert first.returncode == 0, first.stderr
+    resumed = train(store, run, "--resume", "--set", "train.lr_fan_in=8", "--set", "train.lr=0.002")
+    assert resumed.returncode == 0, resumed.stderr
+    state = weights(run / "last.pt")
+    rates = pytest.approx([0.002 * 8 / 32, 0.002 * 8 / 16, 0.002])  # the tiny U-Net sums 8, 16 or 32 channels
+    assert [group["initial_lr"] for group in state["optimiser"]["param_groups"]] == rates
+    assert state["schedule"]["base_lrs"] == rates
+    other = tmp_path / "other"
+    assert train(store, other, "--set", "train.lr_fan_in=8", "--stop-after", "5").returncode == 0
+    refused = train(store, other, "--resume")
+    assert refused.returncode == 2 and "train.lr_fan_in = 8, the recipe says 0" in refused.stderr
+    assert "Traceback" not in refused.stderr
