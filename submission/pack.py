@@ -71,7 +71,9 @@ def readme_text(run: Run, params: int, weights_bytes: int, contest) -> str:
         f"- model: `{model['name']}` with arguments `{json.dumps(model.get('args', {}))}`",
         f"- parameters: {params:,}; weights: {weights_bytes:,} bytes (fp32 state_dict, EMA of the best validation step)",
         f"- training: {train.get('iterations')} iterations, batch {train.get('batch')}, crops of {data.get('crop')} packed "
-        f"pixels, {train.get('loss', 'l1')} loss, AdamW lr {train.get('lr')}, EMA {train.get('ema')}",
+        f"pixels, {train.get('loss', 'l1')} loss, AdamW lr {train.get('lr')}"
+        + (f" (times {train['lr_fan_in']} / fan-in for layers summing more channels)" if train.get("lr_fan_in") else "")
+        + f", EMA {train.get('ema')}",
         "- inference: in strips or tiles that give exactly the whole frame's output (no seams)",
         "",
         "Load with `from network import build_network; model = build_network();`",

@@ -357,7 +357,7 @@ def test_train_lr_fan_in_gives_each_layer_a_rate_inversely_proportional_to_the_c
     model = build_model("unet", widths=[8, 16, 32, 64], noise="ksigma")
     groups = parameter_groups(model, 1e-3, 8)
     rate = {id(p): group["lr"] for group in groups for p in group["params"]}
-    assert sorted(rate) == sorted(id(p) for p in model.parameters())  # every parameter in exactly one group
+    assert sorted(id(p) for group in groups for p in group["params"]) == sorted(id(p) for p in model.parameters())
     assert [group["lr"] for group in groups] == sorted({group["lr"] for group in groups})  # one group per rate
     expected = {
         "down.0.body.0": 1e-3,  # reads the 4 packed channels: fewer than the reference, so the recipe's rate
@@ -381,6 +381,10 @@ def test_train_lr_fan_in_gives_each_layer_a_rate_inversely_proportional_to_the_c
     assert scaled and all(not name.endswith(("beta", "gamma")) and ".norm" not in name for name in scaled)
     depthwise = [name for name, m in nafnet.named_modules() if isinstance(m, torch.nn.Conv2d) and m.groups == m.in_channels > 1]
     assert depthwise and all(naf_rate[f"{name}.weight"] == 1e-3 for name in depthwise)
+    convnext = build_model("convnext_unet", widths=[16, 32], kernels=[3, 3], noise="ksigma")  # its pointwise layers are nn.Linear
+    linear = {id(p): group["lr"] for group in parameter_groups(convnext, 1e-3, 8) for p in group["params"]}
+    expand = next(m for m in convnext.modules() if isinstance(m, torch.nn.Linear) and m.in_features == 32)
+    assert math.isclose(linear[id(expand.weight)], 1e-3 * 8 / 32)
 
 
 def test_a_run_with_rates_per_layer_keeps_them_through_a_resume_and_refuses_a_changed_reference(store, tmp_path):
@@ -393,6 +397,10 @@ def test_a_run_with_rates_per_layer_keeps_them_through_a_resume_and_refuses_a_ch
     rates = pytest.approx([0.002 * 8 / 32, 0.002 * 8 / 16, 0.002])  # the tiny U-Net sums 8, 16 or 32 channels
     assert [group["initial_lr"] for group in state["optimiser"]["param_groups"]] == rates
     assert state["schedule"]["base_lrs"] == rates
+    live = [group["lr"] for group in state["optimiser"]["param_groups"]]  # the rates of the step it stopped at
+    assert live == pytest.approx([live[-1] * 8 / 32, live[-1] * 8 / 16, live[-1]])
+    logged = (run / "log.csv").read_text().splitlines()[-1].split(",")
+    assert float(logged[2]) == pytest.approx(live[-1])  # the log's lr is the recipe's rate, not a scaled group's
     other = tmp_path / "other"
     assert train(store, other, "--set", "train.lr_fan_in=8", "--stop-after", "5").returncode == 0
     refused = train(store, other, "--resume")
