@@ -15,6 +15,11 @@ network's body in bf16 (rawdenoise.precision).
 
 A noise-conditioned model gets the frame's noise profile (a, b) with every strip or tile: it builds its
 noise map or variance-stabilising transform pointwise inside forward, so both ways stay exact.
+
+The frame is mirrored by BORDER pixels on every side before the model sees it, and the output cropped
+back: a convolution pads its input with zeros, so at the frame's edge a network sees a black frame around
+the picture, which no photograph has, and denoises its outermost rows worse than the rest. Mirrored
+context fixes that at a cost of 2 * BORDER rows and columns.
 """
 
 from __future__ import annotations
@@ -50,6 +55,15 @@ DEFAULT_TILE = 384
 # architecture's own reach: the demo U-Net measures 47 pixels at 1e-7 and 48 at 2e-8 (the same margin),
 # the widths-64 quality U-Net 50 at both.
 TOLERANCE = 2e-8
+
+# Packed pixels of mirrored context around the frame (fewer where the frame is smaller). Measured on
+# held-out split 2 (12 test frames of 192 x 256 packed pixels, bf16): the demo recipe's U-Net (1600
+# steps) denoised the frame's outermost 4 rows and columns with 1.04 to 1.40x the squared error they
+# have with a mirrored border (the most at heavy noise), and mirroring gained 0.053 dB in the mean PSNR,
+# the inside untouched; mirrors of 4, 8, 16 and 32 gained the same. A network trained longer learns the
+# zeros: quality_float32 (6000 steps) 0.97 to 1.04x there, +0.002 dB. The cost is 2 * BORDER rows and
+# columns: 7 % more pixels on those frames, under 1 % on a contest frame.
+BORDER = 4
 
 
 def _alignment(model) -> int:
@@ -158,13 +172,24 @@ def infer(model: torch.nn.Module, packed, tile: int | None = None, batch: int = 
     alignment allows, each with a receptive-field margin; `margin` (packed pixels, rounded up to
     2**depth) overrides the measured one. `precision` "bf16" runs the network's body in bf16 (input,
     conditioning, residual add and output stay float32); strips and tiles then match the whole frame
-    only as closely as bf16 kernels of different shapes round alike.
+    only as closely as bf16 kernels of different shapes round alike. The frame runs with a mirrored
+    border of BORDER pixels (module docstring), so its output is not the model's plain forward.
     """
     device = next(model.parameters()).device
     x = torch.as_tensor(np.asarray(packed, dtype=np.float32) if not torch.is_tensor(packed) else packed)
     if x.ndim != 3:
         raise ValueError(f"packed frame must be (C, h, w), got shape {tuple(x.shape)}")
     x = x.to(device=device, dtype=next(model.parameters()).dtype)  # float32, or float64 to check exactness
+    h, w = x.shape[1:]
+    bh, bw = min(BORDER, h - 1), min(BORDER, w - 1)  # a reflection needs a pixel beyond the edge one
+    if bh or bw:
+        x = torch.nn.functional.pad(x[None], (bw, bw, bh, bh), mode="reflect")[0]
+    return np.ascontiguousarray(_infer(model, x, tile, batch, margin, noise, precision, stream)[:, bh : bh + h, bw : bw + w])
+
+
+def _infer(model, x: torch.Tensor, tile, batch, margin, noise, precision, stream) -> np.ndarray:
+    """infer's work on the frame with its mirrored border: whole, streamed strips or margin tiles."""
+    device = x.device
     was_training = model.training
     if was_training:  # eval() walks every module: a measurable part of a small frame's time
         model.eval()

@@ -9,7 +9,7 @@ from rawdenoise.contest import DEFAULT_CONTEST, load_contest
 from rawdenoise.errors import InputError
 from rawdenoise.models import build_model
 from rawdenoise.recipe import SCHEMA
-from rawdenoise.tiling import infer, margin_for, receptive_radius, why_not_streamed
+from rawdenoise.tiling import BORDER, infer, margin_for, receptive_radius, why_not_streamed
 from submission.predict import TTA_VIEWS, _backward, _forward, denoise
 
 ZTE = load_contest(DEFAULT_CONTEST)
@@ -59,7 +59,7 @@ def test_tiles_equal_whole_frame_inference_on_odd_frames(name, noise, level, til
 
 def test_a_frame_within_one_tile_is_run_whole_without_the_seconds_of_probing_its_margin():
     model = trained_like("unet", "ksigma")
-    x = np.random.default_rng(3).random((4, 40, 57)).astype(np.float32) * 0.6
+    x = np.random.default_rng(3).random((4, 40, 45)).astype(np.float32) * 0.6  # 48 x 53 with its mirrored border
     assert np.array_equal(infer(model, x, tile=64, noise=(1e-3, 1e-5)), infer(model, x, noise=(1e-3, 1e-5)))
     assert getattr(model, "_receptive_radius", None) is None  # the probe never ran
 
@@ -80,15 +80,37 @@ class _Recorder(torch.nn.Module):
 
 
 def test_tiles_share_the_frame_evenly_so_the_largest_window_is_small():
-    """A contest frame (1736 x 2312 packed) in tiles of at most 512: 4 x 5 tiles of 448 x 464 (the same
-    number as 512 would need), so no window is larger than 448 + 2 margins by 464 + 2 margins, and no
-    sliver of a last tile pays a whole margin for a few columns; every pixel is still computed once."""
+    """A contest frame (1736 x 2312 packed; 1744 x 2320 with its mirrored border of 4) in tiles of at most
+    512: 4 x 5 tiles of 448 x 464 (the same number as 512 would need), so no window is larger than 448 + 2
+    margins by 464 + 2 margins, and no sliver of a last tile pays a whole margin for a few columns; every
+    pixel is still computed once."""
+    assert BORDER == 4  # the sizes below are worked out for it
     model, margin = _Recorder(), 32
     x = np.random.default_rng(4).random((4, 1736, 2312)).astype(np.float32)
     assert np.array_equal(infer(model, x, tile=512, margin=margin, stream=False), x)
     assert len(model.windows) == 4 * 5
     assert max(model.windows) == (448 + 2 * margin, 464 + 2 * margin)
-    assert min(h for h, _ in model.windows) >= 1736 - 3 * 448 + margin  # the last row is 392, not 200
+    assert min(h for h, _ in model.windows) >= 1744 - 3 * 448 + margin  # the last row is 400, not 208
+
+
+def test_the_frame_edge_is_denoised_with_mirrored_context_not_the_convolutions_zeros():
+    """What a user gets at the frame's edge is the model's output on the frame mirrored by BORDER pixels
+    (reflected, so each channel keeps its sites), cropped back: the same, whole, streamed or tiled, and
+    different from the plain forward's, which sees zeros past the edge."""
+    model = trained_like("unet", "ksigma")
+    x = np.random.default_rng(5).random((4, 40, 52)).astype(np.float32) * 0.6
+    level = (1e-3, 1e-5)
+    with torch.inference_mode():
+        mirrored = torch.nn.functional.pad(torch.from_numpy(x)[None], (BORDER,) * 4, mode="reflect")
+        expected = model(mirrored, torch.tensor([level]))[0, :, BORDER:-BORDER, BORDER:-BORDER].numpy()
+        plain = model(torch.from_numpy(x)[None], torch.tensor([level]))[0].numpy()
+    for kwargs in ({}, {"tile": 16}, {"tile": 16, "stream": False}):
+        assert np.abs(infer(model, x, noise=level, **kwargs) - expected).max() <= 1e-5, kwargs
+    edge = np.abs(infer(model, x, noise=level) - plain)
+    assert edge[:, 0].max() > 1e-4 and edge[:, :, -1].max() > 1e-4  # the outermost rows and columns change
+    assert edge[:, 20, 26].max() <= 1e-5  # the middle, farther from the edge than the model reaches here, does not
+    tiny = np.random.default_rng(6).random((4, 1, 5)).astype(np.float32)  # one row: nothing to mirror above it
+    assert infer(model, tiny, noise=level).shape == tiny.shape
 
 
 def test_the_margin_is_measured_from_the_model():
