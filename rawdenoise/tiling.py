@@ -184,7 +184,7 @@ def infer(model: torch.nn.Module, packed, tile: int | None = None, batch: int = 
     bh, bw = min(BORDER, h - 1), min(BORDER, w - 1)  # a reflection needs a pixel beyond the edge one
     if bh or bw:
         x = torch.nn.functional.pad(x[None], (bw, bw, bh, bh), mode="reflect")[0]
-    return np.ascontiguousarray(_infer(model, x, tile, batch, margin, noise, precision, stream)[:, bh : bh + h, bw : bw + w])
+    return _infer(model, x, tile, batch, margin, noise, precision, stream)[:, bh : bh + h, bw : bw + w]  # a view: no copy
 
 
 def _infer(model, x: torch.Tensor, tile, batch, margin, noise, precision, stream) -> np.ndarray:

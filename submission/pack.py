@@ -27,6 +27,7 @@ from rawdenoise.models import REGISTRY, source_file
 from rawdenoise.raw import check_prediction, read
 from rawdenoise.run_folder import Run
 from rawdenoise.submission_zip import open_submission
+from rawdenoise.tiling import BORDER
 
 
 def network_source(name: str, model_args: dict) -> str:
@@ -74,7 +75,8 @@ def readme_text(run: Run, params: int, weights_bytes: int, contest) -> str:
         f"pixels, {train.get('loss', 'l1')} loss, AdamW lr {train.get('lr')}"
         + (f" (times {train['lr_fan_in']} / fan-in for layers summing more channels)" if train.get("lr_fan_in") else "")
         + f", EMA {train.get('ema')}",
-        "- inference: in strips or tiles that give exactly the whole frame's output (no seams)",
+        f"- inference: the packed frame mirrored by {BORDER} pixels on every side (reflected per channel), run in strips or",
+        "  tiles that give exactly the whole mirrored frame's output (no seams), and cropped back",
         "",
         "Load with `from network import build_network; model = build_network();`",
         "`model.load_state_dict(torch.load('model.pth'))`.",

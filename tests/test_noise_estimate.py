@@ -227,3 +227,21 @@ def test_raw_frame_levels_per_position_are_used():
     noisy = quantise(NoiseLevel(1e-3, 3e-5).sample(clean, np.random.default_rng(1)), contest.black_array, contest.white)
     frame = RawFrame(noisy, contest.cfa, contest.black_array.astype(np.int64), contest.white, Path("x.dng"))
     assert estimate_noise_profile(frame) == estimate_noise_profile(frame.packed(), contest=contest)
+
+
+def test_a_tagged_frame_is_told_its_profile_without_loading_the_estimators_libraries(tmp_path):
+    """predict on tagged frames never estimates, so it should not pay for the estimator's imports: scipy
+    (0.3 s of every predict's start-up) and numba (0.3 s and 56 MB). In a fresh interpreter, as predict runs."""
+    contest = load_contest("zte2022")
+    noisy = quantise(NoiseLevel(1e-3, 2e-5).sample(photo_scene("coffee", contest.name), np.random.default_rng(3)),
+                     contest.black_array, contest.white)  # fmt: skip
+    path = tmp_path / "noisy0.dng"
+    write_dng(path, noisy, contest.cfa, contest.black_array, contest.white, noise_profile=(1e-3, 2e-5))
+    script = (
+        "import sys; import submission.predict; from rawdenoise.raw import read;"
+        "from rawdenoise.noise_estimate import frame_noise_profile;"
+        f"print(frame_noise_profile(read({str(path)!r})), [m for m in ('scipy', 'numba') if m in sys.modules])"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert result.stdout.split("[")[-1].strip() == "]", result.stdout  # neither library loaded
+    assert "(0.001, 2e-05)" in result.stdout
