@@ -40,7 +40,7 @@ from rawdenoise.precision import autocast
 PROBE_LEVELS = (PROBE_NOISE, (1e-4, 1e-6), (5e-2, 5e-3))
 
 # predict's --tile default, in packed pixels: about 384 x 384 pixels at a time, which for a streaming
-# model is strips of 48 rows on a contest frame (2312 packed columns): the whole predict process under
+# model is strips of 48 rows on a contest frame (2312 packed columns): the whole predict process about
 # 0.8 GB at the whole frame's speed with the baseline U-Net (bench/bench_predict_frame.py).
 DEFAULT_TILE = 384
 
