@@ -182,6 +182,10 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
         raise InputError(f"{path}: recipe not found") from None
     except tomllib.TOMLDecodeError as err:
         raise InputError(f"{path}: not valid TOML ({err})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a recipe (not UTF-8 text: a TOML file is)") from None
+    except OSError as err:  # a folder, unreadable
+        raise InputError(f"{path}: cannot read the recipe ({err.strerror or err})") from None
     for text in overrides:
         keys, value = parse_override(text)
         table = recipe

@@ -28,6 +28,12 @@ def test_every_recipe_passes_the_reference_contests_gate():
     assert all(r["within"] and r["limit_bytes"] == limit for r in rows)
 
 
+def test_model_arguments_that_are_not_an_object_are_refused_in_words():
+    for args in ("[1]", "null"):
+        result = gate("--model", "unet", "--model-args", args)
+        assert result.returncode == 2 and "--model-args must be a JSON object" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_over_the_limit_is_a_verdict_exit_1_not_an_error(tmp_path):
     result = gate("--model", "convnext_unet", "--model-args", '{"widths": [256, 512, 1024, 2048]}')
     assert result.returncode == 1 and "OVER THE LIMIT" in result.stdout

@@ -122,6 +122,8 @@ def test_levels_live_in_module_lists_and_bad_names_are_clear():
         build_model("unet", width=3)
     with pytest.raises(InputError, match=r"cannot be built from arguments \{'widths': \[0, 8\]\}"):
         build_model("unet", widths=[0, 8])  # builds, but cannot run a frame: refused before any training
+    with pytest.raises(InputError, match="cannot be built from arguments .*unexpected keyword argument 'name'"):
+        build_model("unet", name=1)  # a --model-args key that is build_model's own parameter's name
 
 
 def test_infer_runs_whole_frames_and_restores_training_mode():

@@ -166,6 +166,18 @@ def test_bad_recipes_and_overrides_are_clear(store, tmp_path):
     shutil.rmtree(tmp_path / "r", ignore_errors=True)
 
 
+def test_a_recipe_that_is_not_text_is_named_not_a_traceback(tmp_path):
+    from rawdenoise.errors import InputError
+    from rawdenoise.recipe import load_recipe
+
+    weights = tmp_path / "model.pth"  # the easy mistake: --config pointed at the weights
+    weights.write_bytes(bytes(range(256)))
+    with pytest.raises(InputError, match=f"{weights}: not a recipe"):
+        load_recipe(weights)
+    with pytest.raises(InputError, match=f"{tmp_path}: cannot read the recipe"):
+        load_recipe(tmp_path)
+
+
 def test_a_resumed_run_drops_log_rows_written_after_its_checkpoint(tmp_path):
     """A killed run may have logged steps past its last checkpoint; resuming redoes them, once."""
     from train.train import LOG_COLUMNS, drop_log_rows_after
@@ -252,6 +264,9 @@ def test_overwrite_killed_before_its_first_checkpoint_leaves_nothing_of_the_old_
     run = tmp_path / "run"
     assert train(store, run).returncode == 0
     old_log = (run / "log.csv").read_bytes()
+    (run / "result" / "data").mkdir(parents=True)  # what predict, pack and score made of the old model
+    for made in ("result/data/denoise0.dng", "result/data.manifest.json", "result.zip", "scores.csv", "report.html"):
+        (run / made).write_bytes(b"old")
     command = [sys.executable, str(ROOT / "train" / "train.py"), "--config", str(TINY), "--patches", str(store),
                "--run", str(run), "--quiet", "--overwrite", "--set", "train.iterations=100000",
                "--set", "train.val_every=100000"]  # fmt: skip
@@ -264,7 +279,7 @@ def test_overwrite_killed_before_its_first_checkpoint_leaves_nothing_of_the_old_
     finally:
         proc.kill()  # as a user's Ctrl-\ or the machine would: no handler runs
         proc.wait()
-    assert not any((run / name).exists() for name in ("last.pt", "best.pt", "model.pth"))
+    assert not any((run / name).exists() for name in ("last.pt", "best.pt", "model.pth", "result", "result.zip", "scores.csv", "report.html"))
     # the new run may already have opened its own log when it is killed; nothing of the old one may
     # remain, not even as the start of a log the new run appended to
     log = run / "log.csv"

@@ -369,10 +369,13 @@ def main(argv=None) -> int:
     # --- the run can start: now its folder may change ----------------------------------------------
     if master:
         run.mkdir(parents=True, exist_ok=True)
-        if not args.resume:  # --overwrite, or a new folder: nothing of an earlier run may survive
-            for stale in ("last.pt", "best.pt", "model.pth", "log.csv", "curves.png", RECORD_NAME):
+        if not args.resume:  # --overwrite, or a new folder: nothing of an earlier run may survive,
+            # its predictions, zip and scores included (they would pass for the new model's)
+            for stale in ("last.pt", "best.pt", "model.pth", "log.csv", "curves.png", RECORD_NAME, "result.zip",
+                          "scores.csv", "report.html"):  # fmt: skip
                 (run / stale).unlink(missing_ok=True)
-            shutil.rmtree(run / "tb", ignore_errors=True)
+            for stale in ("tb", "result", "localtest"):
+                shutil.rmtree(run / stale, ignore_errors=True)
         write_toml(run / "config.toml", {**recipe, "data": {**cfg_data, "patches": str(store)}})
 
     # --- logging (rank 0 only) -------------------------------------------------------------------

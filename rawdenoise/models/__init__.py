@@ -54,7 +54,7 @@ def source_file(name: str) -> Path:
     return Path(__file__).resolve().parent / f"{REGISTRY[name][0]}.py"
 
 
-def build_model(name: str, **kwargs):
+def build_model(name: str, /, **kwargs):  # positional: a model argument may itself be called "name"
     """The named network; arguments it cannot be built from (a wrong name, type or size, which torch
     reports as any of several errors) are the caller's input, an InputError naming them."""
     import torch
