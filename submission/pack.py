@@ -11,6 +11,7 @@ written to a temporary name, re-read as the scorer reads submissions, then renam
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 import zipfile
@@ -61,8 +62,22 @@ def check_predictions(inputs: dict[int, Path], data_dir: Path, contest) -> dict[
     return found
 
 
-def readme_text(run: Run, params: int, weights_bytes: int, contest) -> str:
+def trained_steps(run: Run) -> int | None:
+    """The steps the run trained (its log's last row), which a time-budgeted recipe plans below its
+    `iterations`; None without a readable log."""
+    try:
+        rows = list(csv.DictReader((run.path / "log.csv").open()))
+        return int(rows[-1]["step"]) if rows else None
+    except (OSError, KeyError, ValueError, csv.Error):
+        return None
+
+
+def readme_text(run: Run, params: int, weights_bytes: int, contest, manifest: dict | None = None) -> str:
+    """The submission's README.md: what the network is and how the predictions were made (`manifest`:
+    predict's record of them, when it has one)."""
     model, train, data = run.recipe["model"], run.recipe.get("train", {}), run.recipe.get("data", {})
+    steps, iterations = trained_steps(run), train.get("iterations")
+    trained = f"{steps} steps (of the recipe's {iterations}: its time budget)" if steps and steps != iterations else f"{iterations} iterations"
     lines = [
         f"# {run.path.name}: {model['name']}",
         "",
@@ -71,12 +86,21 @@ def readme_text(run: Run, params: int, weights_bytes: int, contest) -> str:
         "",
         f"- model: `{model['name']}` with arguments `{json.dumps(model.get('args', {}))}`",
         f"- parameters: {params:,}; weights: {weights_bytes:,} bytes (fp32 state_dict, EMA of the best validation step)",
-        f"- training: {train.get('iterations')} iterations, batch {train.get('batch')}, crops of {data.get('crop')} packed "
+        f"- training: {trained}, batch {train.get('batch')}, crops of {data.get('crop')} packed "
         f"pixels, {train.get('loss', 'l1')} loss, AdamW lr {train.get('lr')}"
         + (f" (times {train['lr_fan_in']} / fan-in for layers summing more channels)" if train.get("lr_fan_in") else "")
         + f", EMA {train.get('ema')}",
         f"- inference: the packed frame mirrored by {BORDER} pixels on every side (reflected per channel), run in strips or",
         "  tiles that give exactly the whole mirrored frame's output (no seams), and cropped back",
+    ]
+    if manifest and manifest.get("tta"):
+        views = manifest.get("tta_views") or 8
+        lines.append(f"- test-time augmentation: each prediction is the mean of the model's outputs on {views} Bayer-preserving "
+                     + ("views (the frame and its transpose)" if views == 2 else "flips and transposes of the frame (a mirrored axis shifted by one site to keep the CFA phase)")
+                     + ", each mapped back; one call of `model(x)` gives the first of them")
+    if manifest and manifest.get("precision") == "bf16":
+        lines.append("- precision: the network's body ran in bf16 (input, first and last layers, residual add in float32)")
+    lines += [
         "",
         "Load with `from network import build_network; model = build_network();`",
         "`model.load_state_dict(torch.load('model.pth'))`.",
@@ -108,6 +132,12 @@ def pack_run(run_path: Path, contest, input_dir: Path | None = None, output: Pat
     size, limit = weights.stat().st_size, contest.submission.max_model_bytes
     if size > limit:
         raise InputError(f"{weights}: {size:,} bytes ({size / 1e6:.2f} MB) is over {contest.name}'s limit of {limit:,} bytes")
+    try:
+        manifest = read_manifest(run.path / contest.submission.data_dir)
+    except InputError:
+        if input_dir is None:
+            raise
+        manifest = None  # the inputs are given; the README then says less of how the predictions were made
     input_dir = input_dir or inputs_predicted(run, contest)
     inputs = contest.layout.test_noisy.bare.find(input_dir)
     if not inputs:
@@ -123,7 +153,7 @@ def pack_run(run_path: Path, contest, input_dir: Path | None = None, output: Pat
                 zf.write(path, sub.member(i))
             zf.writestr(sub.network, source)
             zf.write(weights, sub.weights)
-            zf.writestr(sub.readme, readme_text(run, params, size, contest))
+            zf.writestr(sub.readme, readme_text(run, params, size, contest, manifest))
         check = open_submission(tmp, contest)  # read back as the scorer will
         if set(check.images) != set(predictions) or None in (check.network, check.weights, check.readme):
             raise RuntimeError(f"{tmp}: the written zip does not hold the expected members")

@@ -229,17 +229,22 @@ def main(argv=None) -> int:
             "tile": args.tile or None, "stream": args.stream, "tta": tta, "tta_views": views if tta else None,
             "precision": chosen, "noise": args.noise,
         })  # fmt: skip
-    except OSError as err:
-        print(f"note: could not write {manifest_path(output)}: {err.strerror or err}; pack will need --input", file=sys.stderr)
+    except (OSError, InputError) as err:  # atomic writes report an unwritable folder as an InputError naming the file
+        print(f"note: {_unwritable(manifest_path(output), err)}; pack will need --input", file=sys.stderr)
     radius = known_radius(model)
     if radius and run is not None and weights.resolve() == run.weights.resolve() and measured.get("receptive_radius") != radius:
         try:  # measured here (seconds a model): kept beside the weights so the next run reads it instead
             update_measured(run.path, weights, {"receptive_radius": radius})
-        except OSError as err:  # a cache, not a result: a read-only run folder only means measuring again next time
-            print(f"note: could not keep the measured receptive radius in {run}: {err.strerror or err}", file=sys.stderr)
+        except (OSError, InputError) as err:  # a cache, not a result: a read-only run folder only means measuring again next time
+            print(f"note: the measured receptive radius is not kept: {_unwritable(run.path, err)}", file=sys.stderr)
     print(f"wrote {len(written)} predictions{f' (test-time augmentation, {views} views)' if tta else ''} to {output} "
           f"in {time.perf_counter() - start:.1f} s; precision {chosen}: {why}")
     return 0
+
+
+def _unwritable(path: Path, err: Exception) -> str:
+    """What went wrong writing `path`, named once (an InputError from an atomic write names it already)."""
+    return str(err) if isinstance(err, InputError) else f"{path}: cannot write ({err.strerror or err})"
 
 
 if __name__ == "__main__":

@@ -107,6 +107,18 @@ def test_the_tiles_margin_is_measured_once_per_weights_and_kept_in_the_run_folde
     assert read_measured(run, run / "model.pth")["receptive_radius"]["radius"] > 0
 
 
+def test_a_run_folder_that_cannot_keep_the_radius_still_gets_its_predictions(demo, tmp_path):
+    """The radius is a cache: a run folder that refuses it (read-only elsewhere; here a folder where the record
+    goes, which stops root too) must not turn a complete prediction set into a failed command."""
+    run = make_run(tmp_path / "run", head_std=0.05)
+    (run / "inference.json").mkdir()
+    result = tool("submission/predict.py", "--run", str(run), "--input", str(demo / "testset"), "--output", str(tmp_path / "out"),
+                  "--tile", "32", "--no-stream")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "receptive radius is not kept" in result.stderr and "inference.json: is a folder" in result.stderr
+    assert len(list((tmp_path / "out").glob("denoise*.dng"))) == len(list((demo / "testset").iterdir()))
+
+
 def test_predict_augments_as_the_runs_recipe_says_unless_told_otherwise(demo, tmp_path):
     inputs = str(demo / "testset")
 
@@ -207,6 +219,25 @@ def test_pack_writes_exactly_the_contest_layout_and_the_network_loads(demo, tmp_
         assert score.returncode == 0, score.stderr
         scores[what] = json.loads(score.stdout)
     assert scores[run] == scores[run / "result" / "data"] and len(scores[run]["images"]) == n
+
+
+def test_the_submissions_readme_says_how_its_predictions_were_made(demo, tmp_path):
+    """Organisers who rerun the network must learn of the averaged views and of a time budget's fewer steps."""
+    run = make_run(tmp_path / "run", head_std=0.05)
+    (run / "log.csv").write_text("step,loss\n10,0.1\n20,0.1\n")  # planned by train.minutes: under the recipe's
+    readmes = {}
+    for views in ("2", "8"):
+        assert tool("submission/predict.py", "--run", str(run), "--input", str(demo / "testset"), "--tta-views", views).returncode == 0
+        assert tool("submission/pack.py", "--run", str(run)).returncode == 0
+        with zipfile.ZipFile(run / "result.zip") as zf:
+            readmes[views] = zf.read("result/algorithm/README.md").decode()
+    assert "training: 20 steps (of the recipe's 1" in readmes["2"]
+    assert "mean of the model's outputs on 2 Bayer-preserving views (the frame and its transpose)" in readmes["2"]
+    assert "on 8 Bayer-preserving flips and transposes" in readmes["8"]
+    assert tool("submission/predict.py", "--run", str(run), "--input", str(demo / "testset"), "--no-tta").returncode == 0
+    assert tool("submission/pack.py", "--run", str(run)).returncode == 0
+    with zipfile.ZipFile(run / "result.zip") as zf:
+        assert "test-time augmentation" not in zf.read("result/algorithm/README.md").decode()
 
 
 def test_pack_refuses_missing_predictions_and_over_limit_weights_and_writes_nothing(demo, tmp_path):
