@@ -277,7 +277,7 @@ stage_score() {
     score_entry bm3d "runs/bm3d$suffix" "runs/bm3d$suffix/result/data" "$scoring/$gt_folder"
   fi
   if [[ "$scoring" == "$(data_dir)" ]]; then
-    score_entry "$RECIPE" "$run" "$run" "$scoring/$gt_folder"
+    score_entry "$RECIPE" "$run" "$run/result.zip" "$scoring/$gt_folder"  # the zip, not the folder: its scores.csv and stamp are written here
   else
     score_entry "$RECIPE" "$run" "$run/localtest/data" "$scoring/$gt_folder"
   fi
