@@ -73,8 +73,12 @@ def device_from(choice: str):
 
 def describe_os_error(err: OSError) -> str:
     """"path: Permission denied" rather than "[Errno 13] Permission denied: 'path'"."""
+    from pathlib import Path
+
+    from rawdenoise.files import unwritable_reason
+
     names = [str(n) for n in (err.filename, err.filename2) if n is not None]
-    reason = err.strerror or str(err)
+    reason = unwritable_reason(Path(names[0]), err) if names else err.strerror or str(err)
     return f"{' -> '.join(names)}: {reason}" if names else reason
 
 

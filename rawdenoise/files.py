@@ -26,7 +26,7 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
     except OSError as err:  # name the file the user asked for, not our temporary one
-        raise InputError(f"{dest}: cannot write ({err.strerror or err})") from None
+        raise InputError(f"{dest}: cannot write ({unwritable_reason(dest, err)})") from None
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the user's usual mode
@@ -59,7 +59,7 @@ def replaced_folder(dest: str | os.PathLike, owned: Callable[[str], bool]) -> It
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
     except OSError as err:
-        raise InputError(f"{dest}: cannot write ({err.strerror or err})") from None
+        raise InputError(f"{dest}: cannot write ({unwritable_reason(dest, err)})") from None
     os.chmod(staging, 0o777 & ~_umask())
     try:
         yield staging
@@ -73,6 +73,17 @@ def replaced_folder(dest: str | os.PathLike, owned: Callable[[str], bool]) -> It
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def unwritable_reason(dest: Path, err: OSError) -> str:
+    """The reason a path cannot be written, in the user's terms: mkdir reports a file where a folder
+    should be as "File exists" or "Not a directory", which names neither."""
+    for parent in dest.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{parent} is a file, not a folder"
+            break
+    return err.strerror or str(err)
 
 
 def _is_partial(name: str) -> bool:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from rawdenoise.errors import InputError
-from rawdenoise.files import atomic_path
+from rawdenoise.files import atomic_path, unwritable_reason
 
 COLUMNS = [
     "contest", "testset", "name", "score", "psnr", "ssim", "images", "model", "params", "weights_bytes", "source",
@@ -86,7 +86,7 @@ def _connection(db: Path) -> Iterator[sqlite3.Connection]:
             db.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(db, timeout=60, isolation_level=None)
         except OSError as err:
-            raise InputError(f"{db}: cannot open the leaderboard ({err.strerror or err})") from None
+            raise InputError(f"{db}: cannot open the leaderboard ({unwritable_reason(db, err)})") from None
         conn.execute("PRAGMA busy_timeout = 60000")
         conn.execute(_SCHEMA)
         columns = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}

@@ -32,7 +32,8 @@ def read_manifest(output_dir: Path) -> dict | None:
         return None
     try:
         facts = json.loads(path.read_text())
-        str(facts["inputs"])
+        if not isinstance(facts["inputs"], str):
+            raise TypeError(f"inputs is {facts['inputs']!r}, not a path")
     except (ValueError, KeyError, TypeError) as err:
         raise InputError(f"{path}: not a prediction manifest ({type(err).__name__}: {err}); predict again") from None
     return facts

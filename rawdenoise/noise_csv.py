@@ -9,6 +9,7 @@ line of a bad row.
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,16 @@ def listed_profiles(root: str | Path) -> list[ListedProfile]:
     if not path.is_file():
         return []
     listed = []
-    for line, row in enumerate(read_noise_csv(root), start=2):
+    rows = read_noise_csv(root)
+    for line in itertools.count(2):
+        try:
+            row = next(rows, None)
+        except UnicodeDecodeError:
+            raise InputError(f"{path}: line {_first_undecodable_line(path)} is not UTF-8 text; save the file as UTF-8") from None
+        except (csv.Error, OSError) as err:
+            raise InputError(f"{path}: cannot be read as CSV at line {line} ({err})") from None
+        if row is None:
+            break
         try:
             a, b = float(row["a"]), float(row["b"])
         except (KeyError, TypeError, ValueError):
@@ -49,3 +59,13 @@ def listed_profiles(root: str | Path) -> list[ListedProfile]:
             raise InputError(f"{path}: line {line}: a and b must be finite, at least 0 and not both 0, got {a}, {b}")
         listed.append(ListedProfile(row.get("noisy") or "", row.get("gt") or "", row.get("noise_type") or "", a, b))
     return listed
+
+
+def _first_undecodable_line(path: Path) -> int:
+    """The line a text decoder failed on (it decodes in chunks, so its own position says little)."""
+    for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return number
+    return 1

@@ -134,6 +134,10 @@ def make_patch_store(data: str | Path, out: str | Path, contest, options: PatchO
         except json.JSONDecodeError:
             pass
     train, val = _split(indices, options)
+    for i in val:  # read now: training opens them only at its first validation, and a local test set copies them as they are
+        noisy, gt = read(noisy_files[i], contest), read(gt_files[i], contest)
+        if noisy.mosaic.shape != gt.mosaic.shape:
+            raise InputError(f"{noisy.path}: shape {noisy.mosaic.shape} differs from {gt.path.name}'s {gt.mosaic.shape}")
 
     shapes = {}
     for i in train:
@@ -215,7 +219,12 @@ def load_meta(store: str | Path) -> dict:
     path = Path(store) / META
     if not path.is_file():
         raise InputError(f"{store}: not a complete patch store (no {META}); run train/make_patches.py")
-    meta = json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+        meta.get("key", {}).get("format")
+    except (ValueError, AttributeError, OSError) as err:  # cut short, not JSON, not an object, unreadable
+        raise InputError(f"{store}: not a complete patch store ({META}: {type(err).__name__}: {err}); "
+                         "rebuild it with train/make_patches.py") from None  # fmt: skip
     if meta.get("key", {}).get("format") != FORMAT:
         raise InputError(f"{store}: a patch store of an older format; rebuild it with train/make_patches.py")
     return meta

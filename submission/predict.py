@@ -222,6 +222,10 @@ def main(argv=None) -> int:
     views = args.tta_views or (run.tta_views if run else 8)
     written = predict_folder(model, Path(args.input), output, contest, args.tile or None, tta, not args.quiet,
                              args.noise, chosen, args.stream, views)  # fmt: skip
+    stale = run.path / "result.zip" if run is not None else None  # pack's default zip of this very folder
+    if stale is not None and stale.is_file() and output.resolve() == (run.path / contest.submission.data_dir).resolve():
+        stale.unlink()  # it holds the set just replaced, and score.py would take it for the run's
+        print(f"note: removed {stale}, packed from the earlier predictions; pack again", file=sys.stderr)
     try:  # a record for the later stages (pack's default inputs); the predictions are complete without it
         write_manifest(output, {
             "inputs": str(Path(args.input).resolve()), "frames": len(written), "contest": contest.name,

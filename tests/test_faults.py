@@ -123,7 +123,15 @@ def test_a_read_only_leaderboard_and_an_output_that_is_a_file_exit_2(demo, run, 
     a_file = tmp_path / "a_file"
     a_file.write_text("mine")
     assert_clear_failure(tool("submission/predict.py", "--run", str(run), "--input", noisy, "--output", str(a_file)), str(a_file))
-    assert_clear_failure(tool("tools/score.py", noisy, gt, "--csv", str(a_file / "s.csv")), str(a_file))
+    under = {  # an output whose folder is that file: the reason named, not "File exists" or a sidecar's path
+        "score --csv": ("tools/score.py", noisy, gt, "--csv", str(a_file / "s.csv")),
+        "score --leaderboard": ("tools/score.py", noisy, gt, "--name", "x", "--leaderboard", str(a_file / "b.sqlite")),
+        "predict": ("submission/predict.py", "--run", str(run), "--input", noisy, "--output", str(a_file / "out"), "--quiet"),
+        "bilateral": ("tools/bilateral.py", "--input", noisy, "--output", str(a_file / "out"), "--quiet"),
+        "pack": ("submission/pack.py", "--run", str(run), "--input", noisy, "--output", str(a_file / "r.zip")),
+    }
+    for label, (script, *args) in under.items():
+        assert_clear_failure(tool(script, *args), f"{a_file} is a file, not a folder")
     assert a_file.read_text() == "mine"
 
 

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +10,7 @@ import torch
 from rawdenoise.contest import load_contest
 from rawdenoise.dead_leaves import DeadLeaves, disc_radii, label_map
 from rawdenoise.demo import make_demo_dataset
+from rawdenoise.errors import InputError
 from rawdenoise.noise_estimate import clipped_moments
 from rawdenoise.patch_store import PatchOptions, load_meta, make_patch_store, positions
 from rawdenoise.raw import pack
@@ -204,6 +208,36 @@ def test_cli_runs_as_a_script_and_refuses_bad_data(demo, tmp_path):
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert f"{broken / 'noise.csv'}: line {line} has no numeric a and b columns" in refused.stderr
     assert not (tmp_path / "u" / "meta.json").exists()
+
+
+def linked_copy(source, target, replaced: dict):
+    """`source`'s files linked into `target`, except those `replaced` names (relative path -> bytes)."""
+    for path in source.rglob("*"):
+        if path.is_file():
+            dest = target / path.relative_to(source)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            relative = str(path.relative_to(source))
+            dest.write_bytes(replaced[relative]) if relative in replaced else dest.symlink_to(path)
+    return target
+
+
+def test_bad_files_the_store_would_only_copy_or_read_later_are_refused_now(demo, store, tmp_path):
+    options = PatchOptions(patch_size=40, step=32)
+    val = load_meta(store)["val_frames"][0]["noisy"]  # the same split: the same frames and seed
+    relative = str(Path(val).relative_to(demo))
+    cut = linked_copy(demo, tmp_path / "cut", {relative: Path(val).read_bytes()[:1000]})
+    with pytest.raises(InputError, match=relative.split("/")[-1]):
+        make_patch_store(cut, tmp_path / "s1", ZTE, options, False)
+    assert not (tmp_path / "s1" / "meta.json").exists()
+    latin = (demo / "noise.csv").read_bytes().replace(b"\n", b"\xe9\n", 3).replace(b"\xe9\n", b"\n", 2)  # line 3
+    not_utf8 = linked_copy(demo, tmp_path / "latin", {"noise.csv": latin})
+    with pytest.raises(InputError, match="noise.csv: line 3 is not UTF-8 text"):
+        make_patch_store(not_utf8, tmp_path / "s2", ZTE, options, False)
+    broken = tmp_path / "broken_store"
+    shutil.copytree(store, broken)
+    (broken / "meta.json").write_text((store / "meta.json").read_text()[:100])
+    with pytest.raises(InputError, match="not a complete patch store"):
+        load_meta(broken)
 
 
 def test_dead_leaves_discs_follow_r_to_the_minus_3_and_cover_every_pixel():

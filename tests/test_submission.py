@@ -234,10 +234,21 @@ def test_the_submissions_readme_says_how_its_predictions_were_made(demo, tmp_pat
     assert "training: 20 steps (of the recipe's 1" in readmes["2"]
     assert "mean of the model's outputs on 2 Bayer-preserving views (the frame and its transpose)" in readmes["2"]
     assert "on 8 Bayer-preserving flips and transposes" in readmes["8"]
-    assert tool("submission/predict.py", "--run", str(run), "--input", str(demo / "testset"), "--no-tta").returncode == 0
+    again = tool("submission/predict.py", "--run", str(run), "--input", str(demo / "testset"), "--no-tta")
+    assert again.returncode == 0 and "pack again" in again.stderr
+    assert not (run / "result.zip").exists(), "the zip of the replaced predictions would be scored as the run's"
     assert tool("submission/pack.py", "--run", str(run)).returncode == 0
     with zipfile.ZipFile(run / "result.zip") as zf:
         assert "test-time augmentation" not in zf.read("result/algorithm/README.md").decode()
+
+
+def test_pack_refuses_a_manifest_whose_inputs_are_not_a_path(demo, tmp_path):
+    run = make_run(tmp_path / "run")
+    assert tool("submission/predict.py", "--run", str(run), "--input", str(demo / "testset")).returncode == 0
+    (run / "result" / "data.manifest.json").write_text('{"inputs": 5, "frames": "x"}')
+    result = tool("submission/pack.py", "--run", str(run))
+    assert result.returncode == 2 and "not a prediction manifest (TypeError: inputs is 5, not a path)" in result.stderr
+    assert "Traceback" not in result.stderr and not (run / "result.zip").exists()
 
 
 def test_pack_refuses_missing_predictions_and_over_limit_weights_and_writes_nothing(demo, tmp_path):
@@ -268,3 +279,10 @@ def test_bilateral_entry_denoises_and_writes_the_submission_names(demo, tmp_path
                            (demo / "testset_gt/gt4.dng", demo / "testset/noisy4.dng", out / "denoise4.dng"))  # fmt: skip
     data_range = ZTE.metric.data_range
     assert psnr(gt, filtered, data_range) > psnr(gt, noisy, data_range) + 1  # the heaviest training noise type
+
+
+def test_bilateral_refuses_settings_that_would_blank_its_frames(demo, tmp_path):
+    for option, value in (("--sigma-space", "nan"), ("--sigma-color", "nan"), ("--sigma-color", "inf"), ("--radius", "0")):
+        out = tmp_path / f"b{option}{value}"
+        result = tool("tools/bilateral.py", "--input", str(demo / "testset"), "--output", str(out), option, value)
+        assert result.returncode == 2 and "positive and finite" in result.stderr and not out.exists(), (option, value)

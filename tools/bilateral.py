@@ -11,6 +11,7 @@ over the frame one neighbour offset at a time, so a 16-megapixel frame takes sec
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -60,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.radius < 1 or args.sigma_space <= 0 or args.sigma_color <= 0:
-        raise InputError("--radius must be at least 1 and both sigmas positive")
+    if args.radius < 1 or not (0 < args.sigma_space < math.inf and 0 < args.sigma_color < math.inf):  # nan fails too
+        raise InputError(f"--radius must be at least 1 and both sigmas positive and finite, got {args.radius}, "
+                         f"{args.sigma_space}, {args.sigma_color}")  # fmt: skip
     contest = load_contest(args.contest)
     inputs = contest.layout.test_noisy.bare.find(args.input)
     if not inputs:
