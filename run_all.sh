@@ -232,7 +232,7 @@ stage_predict() {
     fi
   fi
   stamp="predict $RECIPE $CONTEST $(hash_tree "$(data_dir)/$noisy_folder" ${scoring:+"$scoring"}) $(hash_files "$run/model.pth" "$run/config.toml") $(pipeline bf16-cost "$run") $(code_hash submission/predict.py)"
-  if stamp_matches "$run/.predict.done" "$stamp"; then
+  if stamp_matches "$run/.predict.done" "$stamp" && [[ -d "$run/result/data" ]]; then
     echo "predictions up to date in $run/result/data"
     return
   fi

@@ -78,9 +78,9 @@ def replaced_folder(dest: str | os.PathLike, owned: Callable[[str], bool]) -> It
 def unwritable_reason(dest: Path, err: OSError) -> str:
     """The reason a path cannot be written, in the user's terms: mkdir reports a file where a folder
     should be as "File exists" or "Not a directory", which names neither."""
-    for parent in dest.parents:
-        if parent.exists():
-            if not parent.is_dir():
+    for parent in dest.parents:  # os.path's tests never raise (Path's do, on a folder that cannot be entered)
+        if os.path.exists(parent):
+            if not os.path.isdir(parent):
                 return f"{parent} is a file, not a folder"
             break
     return err.strerror or str(err)

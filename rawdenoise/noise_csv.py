@@ -31,7 +31,7 @@ class ListedProfile:
 
 def read_noise_csv(root: str | Path) -> Iterator[dict]:
     """The rows as written, every value a string (for tools and tests that want every column)."""
-    with open(Path(root) / NOISE_CSV, newline="") as f:
+    with open(Path(root) / NOISE_CSV, newline="", encoding="utf-8") as f:
         yield from csv.DictReader(f)
 
 

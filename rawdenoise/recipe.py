@@ -177,7 +177,7 @@ def parse_override(text: str) -> tuple[list[str], object]:
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
     path = Path(path)
     try:
-        recipe = tomllib.loads(path.read_text())
+        recipe = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"{path}: recipe not found") from None
     except tomllib.TOMLDecodeError as err:

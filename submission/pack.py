@@ -66,7 +66,8 @@ def trained_steps(run: Run) -> int | None:
     """The steps the run trained (its log's last row), which a time-budgeted recipe plans below its
     `iterations`; None without a readable log."""
     try:
-        rows = list(csv.DictReader((run.path / "log.csv").open()))
+        with open(run.path / "log.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
         return int(rows[-1]["step"]) if rows else None
     except (OSError, KeyError, ValueError, csv.Error):
         return None
@@ -77,7 +78,10 @@ def readme_text(run: Run, params: int, weights_bytes: int, contest, manifest: di
     predict's record of them, when it has one)."""
     model, train, data = run.recipe["model"], run.recipe.get("train", {}), run.recipe.get("data", {})
     steps, iterations = trained_steps(run), train.get("iterations")
-    trained = f"{steps} steps (of the recipe's {iterations}: its time budget)" if steps and steps != iterations else f"{iterations} iterations"
+    if steps and iterations and steps < iterations and train.get("minutes"):
+        trained = f"{steps} steps (of the recipe's {iterations}: what its {train['minutes']}-minute budget held)"
+    else:
+        trained = f"{steps or iterations} steps"
     lines = [
         f"# {run.path.name}: {model['name']}",
         "",

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from rawdenoise import cli, precision
 from rawdenoise.contest import load_contest
 from rawdenoise.errors import InputError
-from rawdenoise.files import replaced_folder
+from rawdenoise.files import replaced_folder, unwritable_reason
 from rawdenoise.manifest import manifest_path, write_manifest
 from rawdenoise.measured import read_measured, update_measured
 from rawdenoise.models import is_noise_conditioned
@@ -216,16 +216,15 @@ def main(argv=None) -> int:
     if refusal:
         print(f"note: {name} runs in square tiles with margins, not streamed strips: {refusal}", file=sys.stderr)
     start = time.perf_counter()
-    manifest_path(output).unlink(missing_ok=True)  # a failure below leaves no manifest of another set
+    try:
+        manifest_path(output).unlink(missing_ok=True)  # a failure below leaves no manifest of another set
+    except OSError as err:  # e.g. --output under a file: name the folder asked for, not the manifest beside it
+        raise InputError(f"{output}: cannot write ({unwritable_reason(output, err)})") from None
     # --tta-views alone asks for augmentation; --no-tta still turns it off
     tta = args.tta if args.tta is not None else bool(args.tta_views or (run and run.tta))
     views = args.tta_views or (run.tta_views if run else 8)
     written = predict_folder(model, Path(args.input), output, contest, args.tile or None, tta, not args.quiet,
                              args.noise, chosen, args.stream, views)  # fmt: skip
-    stale = run.path / "result.zip" if run is not None else None  # pack's default zip of this very folder
-    if stale is not None and stale.is_file() and output.resolve() == (run.path / contest.submission.data_dir).resolve():
-        stale.unlink()  # it holds the set just replaced, and score.py would take it for the run's
-        print(f"note: removed {stale}, packed from the earlier predictions; pack again", file=sys.stderr)
     try:  # a record for the later stages (pack's default inputs); the predictions are complete without it
         write_manifest(output, {
             "inputs": str(Path(args.input).resolve()), "frames": len(written), "contest": contest.name,
@@ -241,6 +240,14 @@ def main(argv=None) -> int:
             update_measured(run.path, weights, {"receptive_radius": radius})
         except (OSError, InputError) as err:  # a cache, not a result: a read-only run folder only means measuring again next time
             print(f"note: the measured receptive radius is not kept: {_unwritable(run.path, err)}", file=sys.stderr)
+    stale = run.path / "result.zip" if run is not None else None  # pack's default zip of this very folder
+    if stale is not None and stale.is_file() and output.resolve() == (run.path / contest.submission.data_dir).resolve():
+        try:  # it holds the set just replaced, and score.py would take it for the run's
+            stale.unlink()
+        except OSError as err:
+            raise InputError(f"{stale}: holds the predictions just replaced and cannot be removed "
+                             f"({unwritable_reason(stale, err)}); delete it and pack again") from None  # fmt: skip
+        print(f"note: removed {stale}, packed from the earlier predictions; pack again", file=sys.stderr)
     print(f"wrote {len(written)} predictions{f' (test-time augmentation, {views} views)' if tta else ''} to {output} "
           f"in {time.perf_counter() - start:.1f} s; precision {chosen}: {why}")
     return 0

@@ -123,15 +123,17 @@ def test_a_read_only_leaderboard_and_an_output_that_is_a_file_exit_2(demo, run, 
     a_file = tmp_path / "a_file"
     a_file.write_text("mine")
     assert_clear_failure(tool("submission/predict.py", "--run", str(run), "--input", noisy, "--output", str(a_file)), str(a_file))
-    under = {  # an output whose folder is that file: the reason named, not "File exists" or a sidecar's path
-        "score --csv": ("tools/score.py", noisy, gt, "--csv", str(a_file / "s.csv")),
-        "score --leaderboard": ("tools/score.py", noisy, gt, "--name", "x", "--leaderboard", str(a_file / "b.sqlite")),
-        "predict": ("submission/predict.py", "--run", str(run), "--input", noisy, "--output", str(a_file / "out"), "--quiet"),
-        "bilateral": ("tools/bilateral.py", "--input", noisy, "--output", str(a_file / "out"), "--quiet"),
-        "pack": ("submission/pack.py", "--run", str(run), "--input", noisy, "--output", str(a_file / "r.zip")),
+    under = {  # an output whose folder is that file: the path asked for and the reason, not "File exists"
+        a_file / "s.csv": ("tools/score.py", noisy, gt, "--csv", str(a_file / "s.csv")),
+        a_file / "b.sqlite": ("tools/score.py", noisy, gt, "--name", "x", "--leaderboard", str(a_file / "b.sqlite")),
+        a_file / "out": ("submission/predict.py", "--run", str(run), "--input", noisy, "--output", str(a_file / "out"), "--quiet"),
+        a_file / "bl": ("tools/bilateral.py", "--input", noisy, "--output", str(a_file / "bl"), "--quiet"),
+        a_file / "r.zip": ("submission/pack.py", "--run", str(run), "--input", noisy, "--output", str(a_file / "r.zip")),
     }
-    for label, (script, *args) in under.items():
-        assert_clear_failure(tool(script, *args), f"{a_file} is a file, not a folder")
+    for target, (script, *args) in under.items():
+        result = tool(script, *args)
+        assert result.stderr.startswith(f"error: {target}: "), (script, result.stderr)
+        assert_clear_failure(result, f"({a_file} is a file, not a folder)")
     assert a_file.read_text() == "mine"
 
 
