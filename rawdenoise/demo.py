@@ -34,6 +34,8 @@ DEFAULT_SIZE = (384, 512)  # mosaic H x W: the contest's 3:4 shape, small enough
 MAX_CROPS_PER_PHOTO = 2
 FULL_SIZE_TRAIN_SCENES = 4
 FULL_SIZE_TEST_SCENES = 2
+MIN_SIDE = 32  # mosaic pixels a demo frame's side has at least
+
 CSV_COLUMNS = [
     "split", "index", "noisy", "gt", "scene", "source", "noise_type", "a", "b",
     "red_gain", "blue_gain", "exposure",
@@ -275,10 +277,36 @@ def _write_job(job: Job, out: Path, contest, size: tuple[int, int], seed: int, c
     }
 
 
-def _check_destination(out: Path) -> None:
-    """Refuse to replace a folder that is not a previous demo set: it may hold real contest data."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / NOISE_CSV).is_file())):
-        raise InputError(f"{out}: exists and is not a demo dataset (no {NOISE_CSV}); choose an empty or new folder")
+def _check_destination(out: Path, contest) -> None:
+    """Refuse to replace a folder that is not a previous demo set: it may hold real contest data (which
+    can carry a noise.csv too), or files of the user's beside a demo set; replacing would delete them.
+    A demo set holds what its own noise.csv lists (of whichever contest made it), files named as this
+    contest's demo would name them, and hidden stamps beside them."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder; choose an empty or new folder for the demo set")
+    if not any(out.iterdir()):
+        return
+    refuse = f"{out}: exists and is not a demo dataset ({{}}); choose an empty or new folder"
+    try:
+        with open(out / NOISE_CSV, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+            columns = list(rows[0]) if rows else None
+    except (OSError, UnicodeDecodeError, csv.Error):
+        columns = None
+    if columns != CSV_COLUMNS:
+        raise InputError(refuse.format(f"no {NOISE_CSV} of a demo set's columns"))
+    listed = {NOISE_CSV} | {row[k] for row in rows for k in ("noisy", "gt")}
+    layout = contest.layout
+    patterns = (layout.train_noisy, layout.train_gt, layout.test_noisy, layout.test_gt)
+    for path in out.rglob("*"):
+        relative = path.relative_to(out)
+        if path.is_dir() or relative.as_posix() in listed or (len(relative.parts) == 1 and relative.name.startswith(".")):
+            continue
+        if any(relative.parent.as_posix() == p.folder and p.bare.matches(path.name) for p in patterns):
+            continue
+        raise InputError(refuse.format(f"{relative} is not one of its files, and replacing the folder would delete it"))
 
 
 def make_demo_dataset(
@@ -302,7 +330,9 @@ def make_demo_dataset(
     size = tuple(size or DEFAULT_SIZE)
     if len(size) != 2 or size[0] <= 0 or size[1] <= 0 or size[0] % 2 or size[1] % 2:
         raise InputError(f"frame size {size} must be two positive even numbers (a 2x2 CFA)")
-    _check_destination(out)
+    if min(size) < MIN_SIDE:  # LibRaw refuses to decode DNGs of about 20 pixels a side and less
+        raise InputError(f"frame size {size[0]}x{size[1]}: each side must be at least {MIN_SIDE} pixels (a frame rawpy can read back)")
+    _check_destination(out, contest)
     jobs = plan(contest, size, full_size, hold_out)
     staging = out.parent / f".{out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)

@@ -123,6 +123,19 @@ def test_regenerating_replaces_a_demo_but_never_a_foreign_folder(tmp_path):
     stale.write_bytes(b"left over")
     make_demo_dataset(out, contest, size=SMALL, progress=False)
     assert not stale.exists(), "a regenerated demo keeps files from the previous one"
+    for mine in (out / "NOTES.txt", out / "noisy" / "real0.dng"):  # the user's files beside a demo: kept, refused
+        mine.write_bytes(b"mine")
+        with pytest.raises(InputError, match=f"not a demo dataset \\({mine.relative_to(out)} is not one of its files"):
+            make_demo_dataset(out, contest, size=SMALL, progress=False)
+        assert mine.read_bytes() == b"mine"
+        mine.unlink()
+    own_csv = tmp_path / "own"  # a data root of the user's own with a noise.csv of its own columns
+    (own_csv / "noisy").mkdir(parents=True)
+    (own_csv / "noise.csv").write_text("frame,a,b\n0,1e-3,1e-5\n")
+    (own_csv / "noisy" / "0_noise.dng").write_bytes(b"precious")
+    with pytest.raises(InputError, match="not a demo dataset \\(no noise.csv of a demo set's columns"):
+        make_demo_dataset(own_csv, contest, size=SMALL, progress=False)
+    assert (own_csv / "noisy" / "0_noise.dng").read_bytes() == b"precious"
     real = tmp_path / "contest_data"
     (real / "noisy").mkdir(parents=True)
     (real / "noisy" / "0_noise.dng").write_bytes(b"precious")
@@ -180,4 +193,11 @@ def test_cli_bad_arguments_exit_2_with_a_message_and_no_traceback(tmp_path, args
     result = run_cli("--out", str(tmp_path / "d"), "--quiet", *args)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("size", [(4, 6), (20, 64), (64, 20), (63, 64)])
+def test_sizes_that_would_write_unreadable_or_cfa_breaking_frames_are_refused(size, tmp_path):
+    with pytest.raises(InputError, match="at least 32 pixels|two positive even numbers"):
+        make_demo_dataset(tmp_path / "d", load_contest("zte2022"), size=size, progress=False)
     assert not (tmp_path / "d").exists()
