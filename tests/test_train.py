@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -53,6 +54,49 @@ def assert_same(a: dict, b: dict, atol: float) -> None:
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=atol, rtol=0), f"{k}: max diff {(a[k] - b[k]).abs().max()}"
+
+
+INTERRUPTER = """
+import os, runpy, signal, sys
+import torch
+import rawdenoise.validation as validation
+where, at, calls = os.environ["INTERRUPT_IN"], int(os.environ["INTERRUPT_AT"]), [0]
+def interrupting(original):  # a real SIGINT, as a Ctrl-C, in the at-th call: inside a validation, or just after an update
+    def wrapped(*args, **kwargs):
+        calls[0] += 1
+        if where == "validate" and calls[0] == at:
+            os.kill(os.getpid(), signal.SIGINT)
+        out = original(*args, **kwargs)
+        if where == "step" and calls[0] == at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+    return wrapped
+if where == "validate":
+    validation.validate = interrupting(validation.validate)
+else:
+    torch.optim.AdamW.step = interrupting(torch.optim.AdamW.step)
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("where, at", [("validate", 2), ("step", 4)])
+def test_ctrl_c_inside_a_step_resumes_to_the_uninterrupted_weights(store, tmp_path, monkeypatch, where, at):
+    """Interrupted inside step 6's validation, or between the 4th update and its count, the run stops at
+    the step's end: the resumed run validates every step and ends on the uninterrupted run's weights."""
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert train(store, whole, *EXACT).returncode == 0
+    wrapper = tmp_path / "interrupt.py"
+    wrapper.write_text(INTERRUPTER)
+    monkeypatch.setenv("INTERRUPT_IN", where)
+    monkeypatch.setenv("INTERRUPT_AT", str(at))
+    stopped = train(store, cut, *EXACT, launcher=(sys.executable, str(wrapper)))
+    assert stopped.returncode == 130 and "stopping after this step" in stopped.stderr, stopped.stderr
+    monkeypatch.delenv("INTERRUPT_IN")
+    assert train(store, cut, *EXACT, "--resume").returncode == 0
+    assert_same(weights(cut / "model.pth"), weights(whole / "model.pth"), EXACT_ATOL)
+    validated = lambda run: [row.split(",")[0] for row in (run / "log.csv").read_text().splitlines()[1:] if row.split(",")[3]]  # noqa: E731
+    assert validated(cut) == validated(whole) == ["6", "12"]
 
 
 def test_a_run_writes_its_folder_and_exports_loadable_ema_weights(store, tmp_path):
@@ -164,6 +208,12 @@ def test_bad_recipes_and_overrides_are_clear(store, tmp_path):
     result = train(store, tmp_path / "r2", "--set", "model.name='resnet'")
     assert result.returncode == 2 and "unknown model" in result.stderr and "Traceback" not in result.stderr
     shutil.rmtree(tmp_path / "r", ignore_errors=True)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    for run in (a_file, a_file / "run"):
+        result = train(store, run)
+        assert result.returncode == 2 and f"{run}: cannot be the run folder ({a_file} is a file, not a folder)" in result.stderr
+    assert a_file.read_text() == "mine"
 
 
 def test_a_recipe_that_is_not_text_is_named_not_a_traceback(tmp_path):
@@ -250,6 +300,13 @@ def test_a_run_that_cannot_start_changes_nothing_in_the_run_folder(store, tmp_pa
     before = _files(run)
     missing = train(store, run, "--overwrite", "--init", str(tmp_path / "nowhere.pth"))
     assert missing.returncode == 2 and "nowhere.pth" in missing.stderr and "Traceback" not in missing.stderr
+    pickled = tmp_path / "pickled.pth"
+    pickled.write_bytes(pickle.dumps({"weights": [1, 2]}))
+    for weights, why in ((run / "last.pt", "a training checkpoint (last.pt or best.pt), not exported weights"),
+                         (pickled, "not a torch weights file")):  # fmt: skip
+        refused = train(store, run, "--overwrite", "--init", str(weights))
+        assert refused.returncode == 2 and why in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, "one line: no torch warning, no key listing"
     other_model = train(store, run, "--resume", "--set", "model.args.widths=[4, 8, 16]")
     assert other_model.returncode == 2 and "--overwrite" in other_model.stderr
     bad_crop = train(store, run, "--overwrite", "--set", "data.crop=64")  # the store's patches are too small

@@ -22,7 +22,9 @@ import csv
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -41,6 +43,7 @@ from rawdenoise.models import build_model
 from rawdenoise.patch_store import validation_frames
 from rawdenoise.recipe import describe as describe_recipe_keys
 from rawdenoise.recipe import load_recipe, write_toml
+from rawdenoise.run_folder import load_state_into
 from rawdenoise.training_samples import PatchSamples, StepSampler
 from rawdenoise.validation import measure_bf16, validate
 
@@ -191,14 +194,46 @@ def drop_log_rows_after(log_path: Path, step: int) -> None:
             writer.writerows(rows)
 
 
+class StepBoundaryInterrupt:
+    """Ctrl-C acted on between whole training steps: a step interrupted after its optimiser update, or
+    during its validation, would checkpoint a state no uninterrupted run passes through (the update
+    applied but not counted; the step counted but never validated), and the resumed run would end on
+    other weights. The first SIGINT asks to stop after the current step; a second stops at once, without
+    a checkpoint (the last one stays)."""
+
+    def __init__(self):
+        self.requested = self.forced = False
+        self._pid = os.getpid()
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        self._previous = signal.signal(signal.SIGINT, self._handle) if in_main_thread else None
+
+    def _handle(self, signum, frame) -> None:
+        if os.getpid() != self._pid:  # a loader worker forked with this handler: it serves on until shut down
+            return
+        if self.requested:
+            self.forced = True
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("stopping after this step (Ctrl-C again to stop at once)", file=sys.stderr)
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
 def load_weights(model: torch.nn.Module, path: str | Path, device) -> None:
     """--init: a plain state_dict of the recipe's model, or a clear error (before anything is written)."""
+    if not Path(path).is_file():
+        raise InputError(f"{path}: --init weights not found")
     try:
-        model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
-    except FileNotFoundError:
-        raise InputError(f"{path}: --init weights not found") from None
-    except Exception as err:  # a foreign or damaged file: torch raises many types
-        raise InputError(f"{path}: --init weights do not load into the recipe's model ({type(err).__name__}: {err})") from None
+        load_state_into(model, Path(path), device)
+    except ValueError as err:
+        raise InputError(f"{path}: --init weights do not load into the recipe's model ({err})") from None
 
 
 def resume_from(path: Path, recipe: dict, model, ema, optimiser, schedule, device) -> dict:
@@ -311,6 +346,9 @@ def main(argv=None) -> int:
 
     # --- run folder: checked now, touched only once the run is known to be able to start -----------
     run = Path(args.run) if args.run and "/" in args.run else Path("runs") / (args.run or Path(args.config).stem)
+    blocker = next((p for p in (run, *run.parents) if os.path.exists(p)), None)  # found now, not after the set-up
+    if blocker is not None and not os.path.isdir(blocker):
+        raise InputError(f"{run}: cannot be the run folder ({blocker} is a file, not a folder)")
     if (run / "last.pt").exists() and not (args.resume or args.overwrite):
         raise InputError(f"{run}: already holds a run; pass --resume to continue it or --overwrite to start again")
     if args.resume and not (run / "last.pt").exists():
@@ -441,10 +479,12 @@ def main(argv=None) -> int:
 
     # --- the loop --------------------------------------------------------------------------------
     ema_params, model_params = list(ema.parameters()), list(model.parameters())
+    interrupt = StepBoundaryInterrupt()
     try:
         for noisy, gt, noise in loader:
             if step >= plan["total"] or (args.stop_after is not None and step >= args.stop_after):
                 break
+            interrupt.check()  # every rank, before a step begins (rank 0 also checks as one ends)
             noisy = noisy.to(device, dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
             gt = gt.to(device, dtype, non_blocking=True)
             noise = noise.to(device, dtype, non_blocking=True)
@@ -491,12 +531,20 @@ def main(argv=None) -> int:
             if row:
                 log_rows.writerow({**row, "seconds": round(time.time() - start_time, 2)})
                 log.flush()
-    except KeyboardInterrupt:
-        if master:
+            interrupt.check()
+    except (KeyboardInterrupt, RuntimeError) as err:
+        # A Ctrl-C at the terminal also stops the loader's worker, so one that came while this process
+        # waited for a batch surfaces as the loader's RuntimeError: then too the step is whole.
+        if isinstance(err, RuntimeError) and not interrupt.requested:
+            raise
+        if master and not interrupt.forced:  # a whole step: the checkpoint resumes exactly
             checkpoint(run / "last.pt")
             print(f"\ninterrupted at step {step}; continue with --resume", file=sys.stderr)
-        raise
+        elif master:
+            print(f"\nstopped mid-step; --resume continues from the last checkpoint", file=sys.stderr)
+        raise KeyboardInterrupt from None
     finally:
+        interrupt.restore()
         bar.close()
 
     # --- export ----------------------------------------------------------------------------------
