@@ -8,13 +8,14 @@ and the measuring tools build the network with its weights through `load_model`.
 from __future__ import annotations
 
 import tomllib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from rawdenoise.errors import InputError
-from rawdenoise.models import build_model
+from rawdenoise.models import REGISTRY, build_model
 
 
 def existing_weights(weights: Path) -> Path:
@@ -22,6 +23,30 @@ def existing_weights(weights: Path) -> Path:
     if not Path(weights).is_file():
         raise InputError(f"{weights}: no weights file (has training finished?)")
     return Path(weights)
+
+
+def load_state_into(model: torch.nn.Module, weights: Path, device) -> None:
+    """Load a state_dict file into `model`; a ValueError whose one line says why it does not fit (torch's
+    own messages run to many lines: every missing key listed, a pickle warning ahead of them)."""
+    try:
+        with warnings.catch_warnings():  # torch warns before refusing a foreign pickle; the refusal is the news
+            warnings.simplefilter("ignore")
+            state = torch.load(weights, map_location=device, weights_only=True)
+    except Exception as err:  # a damaged or foreign file: torch raises many types
+        raise ValueError(f"not a torch weights file ({type(err).__name__}: {' '.join(str(err).split())[:160]})") from None
+    if isinstance(state, dict) and {"model", "ema"} <= set(state):
+        raise ValueError("a training checkpoint (last.pt or best.pt), not exported weights: use the run's model.pth")
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError("not a state_dict of tensors")
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"not this model's weights: {len(missing)} of its {len(expected)} tensors missing "
+                         f"(first {missing[:1]}), {len(unexpected)} unexpected (first {unexpected[:1]})")  # fmt: skip
+    for key, value in state.items():
+        if value.shape != expected[key].shape:
+            raise ValueError(f"not this model's weights: {key} is {tuple(value.shape)}, the model's {tuple(expected[key].shape)}")
+    model.load_state_dict(state)
 
 
 @dataclass(frozen=True)
@@ -37,11 +62,13 @@ class Run:
         if not config.is_file():
             raise InputError(f"{path}: not a run folder (no config.toml)")
         try:
-            recipe = tomllib.loads(config.read_text())
+            recipe = tomllib.loads(config.read_text(encoding="utf-8"))
             model = recipe["model"]
             str(model["name"]), dict(model.get("args", {}))
         except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as err:
             raise InputError(f"{config}: not a trained recipe ({type(err).__name__}: {err})") from None
+        if model["name"] not in REGISTRY:
+            raise InputError(f"{config}: unknown model {model['name']!r}; available: {', '.join(sorted(REGISTRY))}")
         return cls(path, recipe)
 
     @property
@@ -83,10 +110,9 @@ def load_model(name: str, kwargs: dict, weights: Path, device) -> torch.nn.Modul
     existing_weights(weights)
     model = build_model(name, **kwargs)
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except Exception as err:  # a foreign or damaged file: torch raises many types
-        raise InputError(f"{weights}: cannot load into {name}({kwargs}): {type(err).__name__}: {err}") from None
+        load_state_into(model, weights, "cpu")
+    except ValueError as err:
+        raise InputError(f"{weights}: cannot load into {name}({kwargs}): {err}") from None
     return model.to(device).eval()
 
 

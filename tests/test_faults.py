@@ -169,6 +169,10 @@ def test_run_names_are_text_in_the_report_never_markup(demo, tmp_path):
         assert result.returncode == 0, result.stderr
     page = (tmp_path / "r.html").read_text()
     assert "&lt;b&gt;bold&lt;/b&gt;" in page and "<b>bold</b>" not in page and "a$^2$b" in page
+    for name in ("", "  ", "two\nlines"):  # recorded nowhere, or a board row split in two: refused
+        result = tool("tools/score.py", noisy, gt, "--name", name, "--leaderboard", str(tmp_path / "other.sqlite"))
+        assert result.returncode == 2 and "--name must be printable text" in result.stderr, name
+    assert not (tmp_path / "other.sqlite").exists()
 
 
 def test_predict_failing_half_way_leaves_the_earlier_predictions_whole(demo, run, tmp_path):

@@ -133,3 +133,18 @@ def test_infer_runs_whole_frames_and_restores_training_mode():
     y = infer(model, x.numpy())
     assert y.shape == (4, 20, 26) and y.dtype.name == "float32"
     assert model.training
+
+
+def test_weights_that_do_not_fit_say_why_in_one_line(tmp_path):
+    from rawdenoise.run_folder import load_state_into
+
+    small = tmp_path / "small.pth"
+    torch.save(build_model("unet", widths=[8, 16]).state_dict(), small)
+    with pytest.raises(ValueError, match=r"not this model's weights: \d+ of its \d+ tensors missing") as caught:
+        load_state_into(build_model("unet", widths=[8, 16, 32]), small, "cpu")
+    assert "\n" not in str(caught.value)
+    with pytest.raises(ValueError, match=r"down.0.body.0.weight is \(8, 4, 3, 3\), the model's \(4, 4, 3, 3\)"):
+        load_state_into(build_model("unet", widths=[4, 16]), small, "cpu")
+    model = build_model("unet", widths=[8, 16])
+    load_state_into(model, small, "cpu")  # the right weights load exactly
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), torch.load(small).values()))

@@ -245,3 +245,15 @@ def test_a_tagged_frame_is_told_its_profile_without_loading_the_estimators_libra
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True)
     assert result.stdout.split("[")[-1].strip() == "]", result.stdout  # neither library loaded
     assert "(0.001, 2e-05)" in result.stdout
+
+
+@pytest.mark.parametrize("level", ["black", "white"])
+def test_cli_refuses_a_frame_with_nothing_to_measure(level, tmp_path, capsys):
+    """All black or all saturated: the estimator's zeros are no profile, and predict refuses them too."""
+    contest = load_contest("zte2022")
+    path = tmp_path / f"{level}.dng"
+    value = contest.black_array if level == "black" else np.full_like(contest.black_array, contest.white)
+    write_dng(path, np.tile(value, (64, 64)).astype(np.uint16), contest.cfa, contest.black_array, contest.white)
+    assert run_cli(estimate_main, [str(path), "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and str(path) in captured.err and "no measurable noise" in captured.err

@@ -73,6 +73,8 @@ def main(argv=None) -> int:
             a, b = estimate_noise_profile(frame)
         except ValueError as err:  # too small to hold one block
             raise InputError(f"{name}: {err}") from None
+        if a + b <= 0:  # an all-black or saturated frame: nothing to measure, not a noiseless one
+            raise InputError(f"{name}: no measurable noise in the frame (no flat region between black and saturation)")
         results.append({"file": name, "a": a, "b": b})
         if args.json:
             continue

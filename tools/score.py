@@ -136,6 +136,8 @@ def main(argv=None) -> int:
         raise InputError(f"{noisy_dir}: --noisy folder not found")
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers must be at least 1, got {args.workers}")
+    if args.name is not None and (not args.name.strip() or not args.name.isprintable()):
+        raise InputError(f"--name must be printable text that is not blank, got {args.name!r}")  # a board row per line
     db = Path(args.leaderboard)
     for flag, out in (("--csv", args.csv), ("--html", args.html)):
         if out and Path(out).resolve() in (db.resolve(), Path(args.pred).resolve()):
