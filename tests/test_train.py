@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import csv
 import math
 import os
 import pickle
@@ -150,6 +151,13 @@ def test_an_interrupted_run_resumed_reaches_the_same_weights(store, tmp_path):
     assert_same(weights(whole / "last.pt", "model"), weights(parts / "last.pt", "model"), atol=EXACT_ATOL)
     # model.pth ships in float32: the float64 weights agree to 1e-9, so their float32 roundings to one unit
     assert_same(weights(whole / "model.pth"), weights(parts / "model.pth"), atol=1e-6)
+    # and the log too: the step-10 row averages steps 1-10 across the stop (log_every 10), time runs on
+    logs = [list(csv.DictReader((run / "log.csv").open())) for run in (whole, parts)]
+    assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] and len(logs[0]) >= 2
+    for a, b in zip(*logs):  # rows of a validation step alone have no loss
+        assert (a["loss"] == b["loss"] == "") or float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-9, abs=0), a["step"]
+    seconds = [float(r["seconds"]) for r in logs[1]]
+    assert seconds == sorted(seconds), "a resumed run's time starts where the checkpoint's stopped"
 
 
 def test_a_resumed_run_takes_the_recipes_optimiser_settings_not_the_checkpoints(store, tmp_path):

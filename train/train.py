@@ -440,7 +440,7 @@ def main(argv=None) -> int:
         tqdm.write(f"train.amp = auto: {'bf16 autocast' if bf16 else 'float32'} on this {device.type.upper()}")
     val_every, log_every, clip, decay = cfg["val_every"], cfg["log_every"], cfg["clip"], cfg["ema"]
     bar = tqdm(total=plan["total"], initial=step, desc=run.name, unit="step", disable=not master or args.quiet)
-    start_time, running = time.time(), []
+    start_time, running = time.time(), list(state.get("running", [])) if args.resume else []
     first_step, probe_start = step, None
 
     def spent() -> float:  # training seconds of the whole run, earlier sessions of a resumed one included
@@ -451,6 +451,7 @@ def main(argv=None) -> int:
             path, model=model.state_dict(), ema=ema.state_dict(), optimiser=optimiser.state_dict(),
             schedule=schedule.state_dict(), step=step, best=best, torch_rng=torch.get_rng_state(),
             recipe=recipe, total=plan["total"], planned=plan["planned"], seconds=spent(),
+            running=list(running),  # the losses of the log row in progress, so a resumed run logs the same mean
         )  # fmt: skip
 
     def plan_length() -> None:
@@ -529,7 +530,7 @@ def main(argv=None) -> int:
                     checkpoint(run / "best.pt")
                 checkpoint(run / "last.pt")
             if row:
-                log_rows.writerow({**row, "seconds": round(time.time() - start_time, 2)})
+                log_rows.writerow({**row, "seconds": round(spent(), 2)})  # the whole run's, resumed sessions included
                 log.flush()
             interrupt.check()
     except (KeyboardInterrupt, RuntimeError) as err:
