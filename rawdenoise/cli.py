@@ -8,13 +8,16 @@ full, an unreadable input, a read-only or locked leaderboard database). Tracebac
 from __future__ import annotations
 
 import argparse
+import json
 import sqlite3
 import sys
 import math
+from pathlib import Path
 from typing import Callable, Sequence
 
 from rawdenoise.contest import DEFAULT_CONTEST
 from rawdenoise.errors import InputError
+from rawdenoise.files import unwritable_reason
 
 EXIT_INPUT_ERROR = 2
 
@@ -56,6 +59,17 @@ def add_noise_argument(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def model_args(text: str | None) -> dict:
+    """--model-args: a JSON object of the model's constructor arguments ({} when not given)."""
+    try:
+        parsed = json.loads(text or "{}")
+    except json.JSONDecodeError as err:
+        raise InputError(f"--model-args is not JSON: {err}") from None
+    if not isinstance(parsed, dict):
+        raise InputError(f"--model-args must be a JSON object, got {text}")
+    return parsed
+
+
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="auto: CUDA where there is a GPU, else the CPU (default: %(default)s)")  # fmt: skip
@@ -73,10 +87,6 @@ def device_from(choice: str):
 
 def describe_os_error(err: OSError) -> str:
     """"path: Permission denied" rather than "[Errno 13] Permission denied: 'path'"."""
-    from pathlib import Path
-
-    from rawdenoise.files import unwritable_reason
-
     names = [str(n) for n in (err.filename, err.filename2) if n is not None]
     reason = unwritable_reason(Path(names[0]), err) if names else err.strerror or str(err)
     return f"{' -> '.join(names)}: {reason}" if names else reason

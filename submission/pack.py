@@ -121,9 +121,8 @@ def readme_text(run: Run, params: int, weights_bytes: int, contest, manifest: di
     return "\n".join(lines) + "\n"
 
 
-def inputs_predicted(run: Run, contest) -> Path:
+def inputs_predicted(run: Run, manifest: dict | None) -> Path:
     """The test inputs the run's predictions were made from (their manifest says), when --input is not given."""
-    manifest = read_manifest(run.path / contest.submission.data_dir)
     if manifest is None:
         raise InputError(f"{run.path}: its predictions have no manifest naming their inputs (predicted by an "
                          "older predict.py?); pass --input DIR")  # fmt: skip
@@ -142,7 +141,7 @@ def pack_run(run_path: Path, contest, input_dir: Path | None = None, output: Pat
         if input_dir is None:
             raise
         manifest = None  # the inputs are given; the README then says less of how the predictions were made
-    input_dir = input_dir or inputs_predicted(run, contest)
+    input_dir = input_dir or inputs_predicted(run, manifest)
     inputs = contest.layout.test_noisy.bare.find(input_dir)
     if not inputs:
         raise InputError(f"{input_dir}: no test inputs")

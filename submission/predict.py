@@ -12,7 +12,6 @@ from the frame itself (--noise estimate always estimates; --noise A,B sets one f
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -82,13 +81,7 @@ def model_source(args) -> tuple[Run | None, str, dict, Path]:
         return run, run.model_name, run.model_args, Path(args.weights) if args.weights else run.weights
     if not (args.weights and args.model):
         raise InputError("give --run runs/X, or --weights W with --model NAME")
-    try:
-        kwargs = json.loads(args.model_args or "{}")
-    except json.JSONDecodeError as err:
-        raise InputError(f"--model-args is not JSON: {err}") from None
-    if not isinstance(kwargs, dict):
-        raise InputError(f"--model-args must be a JSON object, got {args.model_args}")
-    return None, args.model, kwargs, Path(args.weights)
+    return None, args.model, cli.model_args(args.model_args), Path(args.weights)
 
 
 class _InPlace:
@@ -255,7 +248,7 @@ def main(argv=None) -> int:
 
 def _unwritable(path: Path, err: Exception) -> str:
     """What went wrong writing `path`, named once (an InputError from an atomic write names it already)."""
-    return str(err) if isinstance(err, InputError) else f"{path}: cannot write ({err.strerror or err})"
+    return str(err) if isinstance(err, InputError) else f"{path}: cannot write ({unwritable_reason(path, err)})"
 
 
 if __name__ == "__main__":

@@ -51,12 +51,7 @@ def checks(args) -> list[tuple[str, int, int]]:
     """(what, parameters, bytes) for everything asked for."""
     found = []
     if args.model:
-        try:
-            model_args = json.loads(args.model_args or "{}")
-        except json.JSONDecodeError as err:
-            raise InputError(f"--model-args is not JSON: {err}") from None
-        if not isinstance(model_args, dict):
-            raise InputError(f"--model-args must be a JSON object, got {args.model_args}")
+        model_args = cli.model_args(args.model_args)
         found.append((f"{args.model} {json.dumps(model_args)}", *serialized_size(build_model(args.model, **model_args))))
     for weights in args.weights:
         found.append((str(weights), *weights_size(Path(weights))))

@@ -203,13 +203,10 @@ class StepBoundaryInterrupt:
 
     def __init__(self):
         self.requested = self.forced = False
-        self._pid = os.getpid()
         in_main_thread = threading.current_thread() is threading.main_thread()
         self._previous = signal.signal(signal.SIGINT, self._handle) if in_main_thread else None
 
     def _handle(self, signum, frame) -> None:
-        if os.getpid() != self._pid:  # a loader worker forked with this handler: it serves on until shut down
-            return
         if self.requested:
             self.forced = True
             raise KeyboardInterrupt
@@ -224,6 +221,13 @@ class StepBoundaryInterrupt:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
+
+
+def ignore_interrupts(worker_id: int) -> None:
+    """A loader worker's start: a terminal's Ctrl-C reaches the whole process group, and a worker it killed
+    would fail the main process's next batch before the step could end; the main process alone acts on it
+    (StepBoundaryInterrupt) and shuts the workers down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def load_weights(model: torch.nn.Module, path: str | Path, device) -> None:
@@ -401,7 +405,7 @@ def main(argv=None) -> int:
     workers = cfg_data["workers"]
     loader = torch.utils.data.DataLoader(
         samples, batch_size=batch // world, sampler=StepSampler(step, iterations, batch, rank, world),
-        num_workers=workers, pin_memory=use_cuda, persistent_workers=workers > 0,
+        num_workers=workers, pin_memory=use_cuda, persistent_workers=workers > 0, worker_init_fn=ignore_interrupts,
     )  # fmt: skip
 
     # --- the run can start: now its folder may change ----------------------------------------------
@@ -533,16 +537,12 @@ def main(argv=None) -> int:
                 log_rows.writerow({**row, "seconds": round(spent(), 2)})  # the whole run's, resumed sessions included
                 log.flush()
             interrupt.check()
-    except (KeyboardInterrupt, RuntimeError) as err:
-        # A Ctrl-C at the terminal also stops the loader's worker, so one that came while this process
-        # waited for a batch surfaces as the loader's RuntimeError: then too the step is whole.
-        if isinstance(err, RuntimeError) and not interrupt.requested:
-            raise
+    except KeyboardInterrupt:
         if master and not interrupt.forced:  # a whole step: the checkpoint resumes exactly
             checkpoint(run / "last.pt")
             print(f"\ninterrupted at step {step}; continue with --resume", file=sys.stderr)
         elif master:
-            print(f"\nstopped mid-step; --resume continues from the last checkpoint", file=sys.stderr)
+            print("\nstopped mid-step; --resume continues from the last checkpoint", file=sys.stderr)
         raise KeyboardInterrupt from None
     finally:
         interrupt.restore()
