@@ -45,13 +45,13 @@ class NotStreamable(Exception):
 _ROW_LOCAL_FUNCTIONS = {
     operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, operator.pow,
     torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum, torch.clamp, torch.where,
-    torch.sqrt, torch.rsqrt, torch.exp, torch.log, torch.abs, torch.sigmoid, torch.tanh, torch.relu,
+    torch.sqrt, torch.rsqrt, torch.exp, torch.log, torch.abs, torch.sigmoid, torch.tanh, torch.relu, torch.special.ndtr,
     F.relu, F.gelu, F.silu, F.leaky_relu, F.elu, F.sigmoid, F.tanh, F.hardtanh,
     torch._C._nn.gelu, torch._C._nn.leaky_relu, torch._C._nn.elu, torch._C._nn.silu,
 }  # fmt: skip
 _ROW_LOCAL_METHODS = {
     "add", "sub", "mul", "div", "pow", "clamp", "clamp_min", "clamp_max", "sqrt", "rsqrt", "exp", "log",
-    "abs", "neg", "sigmoid", "tanh", "relu", "contiguous", "to", "float", "type_as",
+    "abs", "neg", "sigmoid", "tanh", "relu", "contiguous", "to", "float", "type_as", "detach",
 }  # fmt: skip
 _REDUCTIONS = {"mean", "sum", "amax", "amin", "var", "std"}  # over the dims they name (rows excluded)
 _POINTWISE_MODULES = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.ELU, nn.Identity, nn.Hardtanh)

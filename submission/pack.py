@@ -36,7 +36,7 @@ def network_source(name: str, model_args: dict) -> str:
     class_name = REGISTRY[name][1]
     return (
         source_file(name).read_text()
-        + f"\n\nMODEL_ARGS = {json.dumps(model_args)}\n\n\n"
+        + f"\n\nMODEL_ARGS = {model_args!r}\n\n\n"  # a Python literal: JSON's true and false are not
         + f"def build_network():\n    return {class_name}(**MODEL_ARGS)\n"
     )
 
@@ -86,7 +86,10 @@ def readme_text(run: Run, params: int, weights_bytes: int, contest, manifest: di
         f"# {run.path.name}: {model['name']}",
         "",
         f"Raw Bayer denoiser for {contest.title}. The network predicts the noise residual (out = x + f(x)) on",
-        "the mosaic packed into 4 channels (R, Gr, Gb, B), normalised by the black and white levels.",
+        "the mosaic packed into 4 channels (R, Gr, Gb, B), normalised by the black and white levels."
+        + (" Since the sensor clips at black and white, x + f(x) stands for the clipped mean of the clean"
+           " value, and the network returns the clean value whose clipped mean it is (`unclip`)."
+           if model.get("args", {}).get("clipped") else ""),
         "",
         f"- model: `{model['name']}` with arguments `{json.dumps(model.get('args', {}))}`",
         f"- parameters: {params:,}; weights: {weights_bytes:,} bytes (fp32 state_dict, EMA of the best validation step)",

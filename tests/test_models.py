@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import ast
 
+import numpy as np
 import pytest
 import torch
 
@@ -112,6 +113,26 @@ def test_model_files_are_self_contained(name):
     assert imported <= {"torch"}, imported
 
 
+def test_the_self_contained_copies_of_the_noise_conditioning_agree():
+    """Each model file carries its own copy of the conditioning (network.py ships alone); a fix made to
+    one copy and not the others would train and predict differently by architecture."""
+    shared = ("KSIGMA_ANCHOR", "KSIGMA_FLOOR", "INV_SQRT_2PI", "clipped_mean", "unclip", "NoiseConditioning")
+
+    def definitions(name):
+        tree = ast.parse(source_file(name).read_text())
+        found = {}
+        for node in tree.body:
+            names = [node.name] if hasattr(node, "name") else [t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)]
+            found.update({n: ast.dump(node) for n in names if n in shared})
+        return found
+
+    copies = {name: definitions(name) for name in sorted(REGISTRY)}
+    first = copies[sorted(REGISTRY)[0]]
+    assert set(first) == set(shared)
+    for name, found in copies.items():
+        assert found == first, f"{name}: {[n for n in shared if found.get(n) != first.get(n)]} differ"
+
+
 def test_levels_live_in_module_lists_and_bad_names_are_clear():
     model = build_model("convnext_unet", widths=[8, 16], kernels=[3, 3])
     assert (model.depth, len(model.encoder), len(model.decoder)) == (1, 2, 1)
@@ -148,3 +169,66 @@ def test_weights_that_do_not_fit_say_why_in_one_line(tmp_path):
     model = build_model("unet", widths=[8, 16])
     load_state_into(model, small, "cpu")  # the right weights load exactly
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), torch.load(small).values()))
+
+
+LEVELS = [(1e-4, 1e-6), (1e-3, 3e-5), (1e-2, 1e-3), (2e-2, 2e-3)]  # the contest's range and its heavier test level
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_a_clipped_model_inverts_the_clipped_mean(name):
+    """Told the sensor clips at black and white, an untrained model (zero residual) returns the clean
+    value whose clipped mean its input is: the clipped mean computed here independently
+    (noise_estimate.clipped_moments, numpy) goes back to the clean values at every level, dark and bright."""
+    from rawdenoise.noise_estimate import clipped_moments
+
+    torch.manual_seed(0)
+    model = build_model(name, **SMALL[name], noise="ksigma", clipped=True).double()
+    clean = torch.rand(len(LEVELS), 4, 16, 24, dtype=torch.float64) ** 3  # many dark pixels, where clipping lifts the mean
+    clean[:, :, 0, :] = torch.linspace(0, 1, 24, dtype=torch.float64)  # black and white themselves
+    means = torch.stack([torch.from_numpy(clipped_moments(c.numpy(), a, b)[0]) for c, (a, b) in zip(clean, LEVELS)])
+    with torch.no_grad():
+        restored = model(means, torch.tensor(LEVELS, dtype=torch.float64))
+    assert (means - clean).abs().max() > 1e-2  # the heavy levels' lift is real
+    assert torch.allclose(restored, clean, atol=1e-9, rtol=0)
+
+
+def test_a_clipped_model_undoes_the_black_lift_of_the_contests_own_noise():
+    """Noised as training and the demo set noise (rawdenoise.noise: the contest's model, clipped and
+    rounded to DN), a flat dark patch averages well above its clean level; the mapping a clipped model
+    applies to a denoised (averaged) value brings it back, and every output keeps a gradient."""
+    from rawdenoise.noise import NoiseLevel, quantise_normalised
+
+    a, b, level = 2e-2, 2e-3, 0.02
+    clean = np.full((4, 256, 256), level)
+    noisy = quantise_normalised(NoiseLevel(a, b).sample(clean, np.random.default_rng(0)), np.full(4, 1024.0), 16383.0)
+    assert noisy.mean() - level > 0.008  # the lift (0.011 here): the negative values clipped to black
+    model = build_model("unet", **SMALL["unet"], noise="ksigma", clipped=True).double()
+    profile = torch.tensor([[a, b]], dtype=torch.float64)
+    averaged = torch.full((1, 4, 8, 8), float(noisy.mean()), dtype=torch.float64)
+    with torch.no_grad():
+        restored = model(averaged, profile)
+    assert abs(float(restored.mean()) - level) < 1e-3
+    x = torch.from_numpy(noisy[None].astype(np.float64)).requires_grad_()
+    model(x, profile).sum().backward()
+    assert torch.isfinite(x.grad).all() and (x.grad > 0).all()
+
+
+def test_a_clipped_models_gradient_is_the_inverses_own():
+    """Training back-propagates through the mapping: its derivative must be 1 / the clipped mean's
+    slope, here against finite differences of the independent numpy clipped mean."""
+    from rawdenoise.noise_estimate import clipped_moments
+
+    a, b = 2e-2, 2e-3
+    model = build_model("unet", **SMALL["unet"], noise="ksigma", clipped=True).double()
+    clean = np.linspace(0.0, 1.0, 4 * 8 * 8) ** 2
+    means = torch.from_numpy(clipped_moments(clean, a, b)[0].reshape(1, 4, 8, 8)).requires_grad_()
+    model(means, torch.tensor([[a, b]], dtype=torch.float64)).sum().backward()
+    h = 1e-6
+    slope = (clipped_moments(clean + h, a, b)[0] - clipped_moments(clean - h, a, b)[0]) / (2 * h)
+    inner = (clean > 1e-3) & (clean < 1 - 1e-3)  # the central difference needs room on both sides
+    assert np.allclose(means.grad.numpy().ravel()[inner], 1 / slope[inner], rtol=1e-5)
+
+
+def test_clipped_needs_the_noise_profile():
+    with pytest.raises(InputError, match="clipped needs the noise profile"):
+        build_model("unet", **SMALL["unet"], clipped=True)

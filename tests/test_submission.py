@@ -33,11 +33,14 @@ def demo(tmp_path_factory):
     return make_demo_dataset(tmp_path_factory.mktemp("d") / "demo", ZTE, size=(128, 192), progress=False)
 
 
-def make_run(path: Path, head_std: float = 0.0, noise: str = "none", tta: bool | None = None, tta_views: int | None = None) -> Path:
+def make_run(path: Path, head_std: float = 0.0, noise: str = "none", tta: bool | None = None, tta_views: int | None = None,
+             clipped: bool = False) -> Path:  # fmt: skip
     """A finished run folder: config.toml and model.pth (the identity when head_std is 0); `tta` and
     `tta_views` set the recipe's [predict] keys (None: a recipe without them, as from before that section)."""
     torch.manual_seed(0)
     args = {**ARGS, "noise": noise} if noise != "none" else ARGS
+    if clipped:
+        args = {**args, "clipped": True}
     model = build_model("unet", **args)
     if head_std:
         torch.nn.init.normal_(model.head.weight, std=head_std)
@@ -189,7 +192,8 @@ def test_predict_refuses_what_it_cannot_do_before_computing(demo, tmp_path):
 
 
 def test_pack_writes_exactly_the_contest_layout_and_the_network_loads(demo, tmp_path):
-    run = make_run(tmp_path / "run", head_std=0.05)
+    """A noise-aware, clipped model (a boolean among its arguments, which network.py must spell as Python)."""
+    run = make_run(tmp_path / "run", head_std=0.05, noise="ksigma", clipped=True)
     assert tool("submission/predict.py", "--run", str(run), "--input", str(demo / "testset")).returncode == 0
     manifest = json.loads((run / "result" / "data.manifest.json").read_text())  # what the set was made from
     assert manifest["inputs"] == str((demo / "testset").resolve()) and manifest["frames"] == len(list((demo / "testset").iterdir()))
@@ -213,6 +217,11 @@ def test_pack_writes_exactly_the_contest_layout_and_the_network_loads(demo, tmp_
     model = namespace["build_network"]()
     (tmp_path / "w.pth").write_bytes(weights)
     model.load_state_dict(torch.load(tmp_path / "w.pth", weights_only=True))
+    ours = build_model("unet", **ARGS, noise="ksigma", clipped=True)
+    ours.load_state_dict(torch.load(run / "model.pth", weights_only=True))
+    x, profile = torch.rand(1, 4, 16, 16) * 0.1, torch.tensor([[1e-2, 1e-3]])
+    with torch.no_grad():
+        assert torch.equal(model(x, profile), ours(x, profile))  # the organisers' network is ours, clipping included
     scores = {}
     for what in (run, run / "result" / "data"):  # the zip scores exactly as the predictions it packed
         score = subprocess.run([sys.executable, str(ROOT / "tools/score.py"), str(what), str(demo / "testset_gt"), "--json",

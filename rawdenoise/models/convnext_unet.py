@@ -3,8 +3,9 @@ whose branch is scaled by a learned scalar that starts at 0, plus a 1x1 residual
 
 Self-contained (imports torch only): this file ships as the contest's network.py. The network learns
 the noise residual, out = x + f(x), with a zero-initialised head, so an untrained network returns its
-input. No batch statistics and no global pooling: an output pixel depends on a bounded neighbourhood,
-which is what lets tiled inference equal whole-frame inference.
+input (with `clipped`, the clean value whose clipped mean its input is). No batch statistics and
+no global pooling: an output pixel depends on a bounded neighbourhood, which is what lets tiled
+inference equal whole-frame inference.
 
 Noise conditioning (`noise=` "none", "map" or "ksigma") lives here too, pointwise, so tiles stay exact:
 forward(x, noise) takes each sample's (a, b), the variance a*x + b of its normalised values.
@@ -17,6 +18,38 @@ import torch.nn.functional as F
 
 KSIGMA_ANCHOR = 1e-3  # the shot-noise gain every level is mapped to by the k-sigma transform
 KSIGMA_FLOOR = 0.03  # a is taken as at least this times the read noise std sqrt(b) (and 1e-6)
+INV_SQRT_2PI = 0.3989422804014327  # the standard normal density at 0
+
+
+def clipped_mean(x, a, b):
+    """E[clip(y, 0, 1)] for y ~ N(x, a*x + b): what a sensor that clips at black (0) and white (1)
+    records on average at clean value x, and its derivative in x (both elementwise, x in [0, 1])."""
+    s = torch.sqrt((a * x + b).clamp(min=1e-12))
+    ds = a / (2 * s)
+    t0, t1 = x / s, (x - 1) / s
+    pdf0, pdf1 = torch.exp(-0.5 * t0 * t0) * INV_SQRT_2PI, torch.exp(-0.5 * t1 * t1) * INV_SQRT_2PI
+    cdf0, cdf1 = torch.special.ndtr(t0), torch.special.ndtr(t1)
+    mean = x * cdf0 + s * pdf0 - (x - 1) * cdf1 - s * pdf1
+    return mean, cdf0 - cdf1 + ds * (pdf0 - pdf1)
+
+
+def unclip(u, a, b, steps: int = 4):
+    """The clean value whose clipped mean (clipped_mean) is u, by Newton's method from u itself (four
+    steps reach float64's rounding over the contest's levels and well past them). Past the means of 0
+    and 1 the tangent continues the curve, so every output has a value and a gradient. Only the last
+    step is differentiated: its gradient, 1 / the curve's slope at the root, is the inverse's own,
+    without back-propagating through every step."""
+    low, slope_low = clipped_mean(torch.zeros_like(a), a, b)
+    high, slope_high = clipped_mean(torch.ones_like(a), a, b)
+    inside = torch.minimum(torch.maximum(u, low), high)
+    target = inside.detach()
+    x = target.clamp(0, 1)
+    for _ in range(steps - 1):
+        mean, slope = clipped_mean(x, a, b)
+        x = (x - (mean - target) / slope.clamp(min=1e-3)).clamp(0, 1)
+    mean, slope = clipped_mean(x, a, b)
+    x = (x - (mean - inside) / slope.clamp(min=1e-3)).clamp(0, 1)
+    return x + (u - low).clamp(max=0) / slope_low + (u - high).clamp(min=0) / slope_high
 
 
 class NoiseConditioning(nn.Module):
@@ -26,15 +59,22 @@ class NoiseConditioning(nn.Module):
       (Brooks et al. 2019, "Unprocessing Images for Learned Raw Denoising");
     - "ksigma": PMRID's variance-stabilising scaling (Wang et al. 2020): t = x*k/a + k*b/a**2 has variance
       k*E[t] at every level, so the network sees one noise family; its residual is scaled back by a/k.
+    `clipped`: the sensor clipped each noisy value to [0, 1] (black and white), as the organisers' noise
+    model does, which lifts the mean of dark pixels. The network then learns the residual to the
+    clipped mean of the clean value, a zero-mean one, and `restore` maps its output back through that
+    mean's inverse (clipped_mean, unclip), instead of learning the lift's correction itself.
     """
 
     MODES = ("none", "map", "ksigma")
 
-    def __init__(self, mode: str, channels: int):
+    def __init__(self, mode: str, channels: int, clipped: bool = False):
         super().__init__()
         if mode not in self.MODES:
             raise ValueError(f"noise must be one of {', '.join(self.MODES)}, got {mode!r}")
+        if clipped and mode == "none":
+            raise ValueError("clipped needs the noise profile: give noise \"map\" or \"ksigma\" with it")
         self.mode = mode
+        self.clipped = clipped
         self.extra_channels = channels if mode == "map" else 0
 
     def forward(self, x, noise):
@@ -52,6 +92,13 @@ class NoiseConditioning(nn.Module):
         # leaves every level of a real sensor's range alone.
         a = torch.maximum(a, torch.clamp(KSIGMA_FLOOR * torch.sqrt(b), min=1e-6))
         return x * (KSIGMA_ANCHOR / a) + KSIGMA_ANCHOR * b / (a * a), a / KSIGMA_ANCHOR
+
+    def restore(self, out, noise):
+        """The network's output (input plus scaled residual) -> the clean value it stands for."""
+        if not self.clipped:
+            return out
+        noise = noise.to(device=out.device, dtype=out.dtype).reshape(-1, 2, 1, 1).clamp(min=0)
+        return unclip(out, noise[:, :1], noise[:, 1:])
 
 
 class Block(nn.Module):
@@ -74,14 +121,15 @@ class Block(nn.Module):
 
 
 class ConvNeXtUNet(nn.Module):
-    def __init__(self, in_channels: int = 4, widths=(128, 256, 512, 1024), kernels=(3, 3, 3, 3), noise: str = "none"):
+    def __init__(self, in_channels: int = 4, widths=(128, 256, 512, 1024), kernels=(3, 3, 3, 3), noise: str = "none",
+                 clipped: bool = False):
         super().__init__()
         widths, kernels = list(widths), list(kernels)
         if len(kernels) != len(widths):
             raise ValueError(f"one kernel size per level: {len(widths)} widths, {len(kernels)} kernels")
         self.depth = len(widths) - 1
         self.noise = noise
-        self.conditioning = NoiseConditioning(noise, in_channels)
+        self.conditioning = NoiseConditioning(noise, in_channels, clipped)
         self.encoder = nn.ModuleList()
         c = in_channels + self.conditioning.extra_channels
         for w, k in zip(widths, kernels):
@@ -108,4 +156,4 @@ class ConvNeXtUNet(nn.Module):
         for level in reversed(range(self.depth)):
             y = self.decoder[level](torch.cat([self.up[level](y), skips.pop()], dim=1))  # each skip freed once merged
         residual = self.head(self.head_norm(y.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
-        return (padded + residual * scale)[..., :h, :w]
+        return self.conditioning.restore((padded + residual * scale)[..., :h, :w], noise)
