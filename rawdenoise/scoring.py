@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import zlib
 from collections import deque
 from itertools import islice
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -27,6 +28,7 @@ from rawdenoise.submission_zip import SubmissionZip, open_submission
 
 CROP = 256  # mosaic pixels per side of the report's crops
 PREDICTION_SLACK = 1 << 20  # bytes a prediction may hold beyond its ground truth's size (and a quarter more)
+RUN_WEIGHTS = "model.pth"  # a run folder's exported weights, what pack puts in the zip
 
 
 @dataclass(frozen=True)
@@ -76,10 +78,13 @@ def resolve(pred: str | Path, gt_dir: str | Path, contest, noisy_dir: str | Path
         raise InputError(f"{gt_dir}: no ground truth named like {contest.layout.test_gt.bare.pattern}")
     noisy = contest.layout.test_noisy.bare.find(noisy_dir) if noisy_dir and Path(noisy_dir).is_dir() else {}
     submission = None
+    run_dir = None
     if pred.is_dir() and (pred / "result.zip").is_file():
-        pred = pred / "result.zip"  # a run folder
+        run_dir, pred = pred, pred / "result.zip"  # a run folder
     if pred.is_file():
         submission = open_submission(pred, contest)
+        if run_dir is not None:
+            check_packed_current(run_dir, submission, contest)
         found = {i: (pred, member) for i, member in submission.images.items()}
         source, label = "zip", f"{pred} ({contest.submission.data_dir}/)"
     elif pred.is_dir():
@@ -103,6 +108,45 @@ def resolve(pred: str | Path, gt_dir: str | Path, contest, noisy_dir: str | Path
         size = submission.sizes[pair.member] if submission else pair.pred_path.stat().st_size
         _check_size(pair, size)
     return Predictions(pairs, source, submission)
+
+
+def file_crc(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def check_packed_current(run_dir: Path, submission: SubmissionZip, contest) -> None:
+    """Refuse a run folder whose result.zip no longer holds the run's predictions or weights.
+
+    Predict and training replace those files in place; a pack that then fails (or is not run) leaves
+    the previous zip behind, and scoring the run would rank predictions that are no longer its own.
+    Contents are compared (size, then CRC-32 against the zip's directory), not file times, so a copied
+    run folder still scores."""
+    sub = contest.submission
+    data_dir = run_dir / sub.data_dir
+    mine = {sub.member(i): path for i, path in sub.output.find(data_dir).items()} if data_dir.is_dir() else {}
+    packed = set(submission.images.values())
+    problem = None
+    if mine and set(mine) != packed:
+        member = min(set(mine) ^ packed)
+        problem = f"{member} is in {'the run' if member in mine else 'the zip'} only"
+    if (run_dir / RUN_WEIGHTS).is_file() and submission.weights is not None:
+        mine[submission.weights] = run_dir / RUN_WEIGHTS
+    for member, path in sorted(mine.items()):
+        if problem is not None:
+            break
+        size, crc = submission.declared[member]
+        if path.stat().st_size != size or file_crc(path) != crc:
+            problem = f"{path} is not the zip's {member}"
+    if problem:
+        raise InputError(
+            f"{submission.path}: no longer the run's submission ({problem}: predicted or trained again since "
+            f"it was packed, and no pack has succeeded since); run python submission/pack.py --run {run_dir}, "
+            f"or score {data_dir} itself"
+        )
 
 
 def prediction_limit(gt: Path) -> int:

@@ -95,6 +95,7 @@ class SubmissionZip:
     weights: str | None = None
     readme: str | None = None
     sizes: dict[str, int] = field(default_factory=dict)  # image member -> declared uncompressed size
+    declared: dict[str, tuple[int, int]] = field(default_factory=dict)  # every file member -> (size, CRC-32) as declared
 
     def where(self, member: str) -> str:
         return f"{self.path}:{shown(member)}"
@@ -204,6 +205,7 @@ def open_submission(path: str | Path, contest) -> SubmissionZip:
             if any(inside(p) or (p + "/").startswith(name) for p in (sub.data_dir, algorithm_root)):
                 continue
             raise InputError(f"{where}: unexpected folder in a submission")
+        result.declared[name] = (info.file_size, info.CRC)
         folder, base = posixpath.split(name)
         if folder == sub.data_dir:
             index = sub.output.index_of(base)

@@ -101,6 +101,34 @@ def test_zip_folder_and_run_folder_score_the_same(demo, tmp_path):
     assert scores[0].psnr == pytest.approx(10 * math.log10(ZTE.metric.data_range**2 / 9), abs=0.05)
 
 
+def test_a_run_folder_whose_zip_holds_other_predictions_or_weights_is_refused(demo, tmp_path):
+    """A predict that failed half-way, or weights replaced, after the last pack: scoring the run must not
+    rank the old zip as the run's. A copied run folder (new file times, same contents) still scores."""
+    run = tmp_path / "run"
+    files = predictions(demo, run / "result" / "data", shift=3)
+    with zipfile.ZipFile(make_zip(run / "result.zip", files)) as zf:
+        (run / "model.pth").write_bytes(zf.read("result/algorithm/models/model.pth"))  # what pack puts there
+    copied = tmp_path / "copied"
+    shutil.copytree(run, copied, copy_function=shutil.copy)  # contents, not times
+    assert resolve(copied, demo / "testset_gt", ZTE).submission is not None
+
+    write_back(demo / "testset" / "noisy1.dng", files[1], read(files[1], ZTE).mosaic + 1)  # predicted again, in part
+    result = run_score(str(run), str(demo / "testset_gt"), "--json")
+    assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
+    assert f"{files[1]} is not the zip's result/data/denoise1.dng" in result.stderr
+    assert "submission/pack.py --run" in result.stderr
+
+    shutil.copy(copied / "result" / "data" / "denoise1.dng", files[1])
+    assert resolve(run, demo / "testset_gt", ZTE).submission is not None
+    (run / "model.pth").write_bytes(weights_bytes())  # trained again: new weights (torch.save of a new init)
+    with pytest.raises(InputError, match="model.pth is not the zip's result/algorithm/models/model.pth"):
+        resolve(run, demo / "testset_gt", ZTE)
+    (run / "model.pth").unlink()
+    (run / "result" / "data" / "denoise2.dng").unlink()
+    with pytest.raises(InputError, match="result/data/denoise2.dng is in the zip only"):
+        resolve(run, demo / "testset_gt", ZTE)
+
+
 def test_parallel_workers_give_the_same_numbers(demo):
     p = resolve(demo / "testset", demo / "testset_gt", ZTE)
     one = score_pairs(p.pairs, ZTE, workers=1)
