@@ -121,8 +121,9 @@ def file_crc(path: Path) -> int:
 def check_packed_current(run_dir: Path, submission: SubmissionZip, contest) -> None:
     """Refuse a run folder whose result.zip no longer holds the run's predictions or weights.
 
-    Predict and training replace those files in place; a pack that then fails (or is not run) leaves
-    the previous zip behind, and scoring the run would rank predictions that are no longer its own.
+    Predict removes the zip once it has replaced the whole set, and a new training removes it too; a
+    predict that stops half-way (a bad input at frame 5), or files replaced by hand, leave the previous
+    zip behind, and scoring the run would rank predictions that are no longer its own.
     Contents are compared (size, then CRC-32 against the zip's directory), not file times, so a copied
     run folder still scores."""
     sub = contest.submission
