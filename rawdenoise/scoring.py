@@ -105,7 +105,7 @@ def resolve(pred: str | Path, gt_dir: str | Path, contest, noisy_dir: str | Path
         for i in sorted(gts)
     ]
     for pair in pairs:  # every size, before any frame is read or decompressed
-        size = submission.sizes[pair.member] if submission else pair.pred_path.stat().st_size
+        size = submission.declared[pair.member][0] if submission else pair.pred_path.stat().st_size
         _check_size(pair, size)
     return Predictions(pairs, source, submission)
 
@@ -123,31 +123,35 @@ def check_packed_current(run_dir: Path, submission: SubmissionZip, contest) -> N
 
     Predict removes the zip once it has replaced the whole set, and a new training removes it too; a
     predict that stops half-way (a bad input at frame 5), or files replaced by hand, leave the previous
-    zip behind, and scoring the run would rank predictions that are no longer its own.
-    Contents are compared (size, then CRC-32 against the zip's directory), not file times, so a copied
-    run folder still scores."""
-    sub = contest.submission
-    data_dir = run_dir / sub.data_dir
-    mine = {sub.member(i): path for i, path in sub.output.find(data_dir).items()} if data_dir.is_dir() else {}
-    packed = set(submission.images.values())
-    problem = None
-    if mine and set(mine) != packed:
-        member = min(set(mine) ^ packed)
-        problem = f"{member} is in {'the run' if member in mine else 'the zip'} only"
-    if (run_dir / RUN_WEIGHTS).is_file() and submission.weights is not None:
-        mine[submission.weights] = run_dir / RUN_WEIGHTS
-    for member, path in sorted(mine.items()):
-        if problem is not None:
-            break
-        size, crc = submission.declared[member]
-        if path.stat().st_size != size or file_crc(path) != crc:
-            problem = f"{path} is not the zip's {member}"
+    zip behind, and scoring the run would rank predictions that are no longer its own."""
+    data_dir = run_dir / contest.submission.data_dir
+    problem = packed_difference(run_dir, submission, contest)
     if problem:
         raise InputError(
             f"{submission.path}: no longer the run's submission ({problem}: predicted or trained again since "
             f"it was packed, and no pack has succeeded since); run python submission/pack.py --run {run_dir}, "
             f"or score {data_dir} itself"
         )
+
+
+def packed_difference(run_dir: Path, submission: SubmissionZip, contest) -> str | None:
+    """The first way the run's predictions and weights differ from what its zip holds, or None.
+    Contents are compared (size, then CRC-32 against the zip's directory), not file times, so a copied
+    run folder still matches."""
+    sub = contest.submission
+    data_dir = run_dir / sub.data_dir
+    mine = {sub.member(i): path for i, path in sub.output.find(data_dir).items()} if data_dir.is_dir() else {}
+    packed = set(submission.images.values())
+    if mine and set(mine) != packed:
+        member = min(set(mine) ^ packed)
+        return f"{member} is in {'the run' if member in mine else 'the zip'} only"
+    if (run_dir / RUN_WEIGHTS).is_file() and submission.weights is not None:
+        mine[submission.weights] = run_dir / RUN_WEIGHTS
+    for member, path in sorted(mine.items()):
+        size, crc = submission.declared[member]
+        if path.stat().st_size != size or file_crc(path) != crc:
+            return f"{path} is not the zip's {member}"
+    return None
 
 
 def prediction_limit(gt: Path) -> int:

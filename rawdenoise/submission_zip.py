@@ -94,8 +94,7 @@ class SubmissionZip:
     network: str | None = None
     weights: str | None = None
     readme: str | None = None
-    sizes: dict[str, int] = field(default_factory=dict)  # image member -> declared uncompressed size
-    declared: dict[str, tuple[int, int]] = field(default_factory=dict)  # every file member -> (size, CRC-32) as declared
+    declared: dict[str, tuple[int, int]] = field(default_factory=dict)  # file member -> (uncompressed size, CRC-32)
 
     def where(self, member: str) -> str:
         return f"{self.path}:{shown(member)}"
@@ -216,7 +215,6 @@ def open_submission(path: str | Path, contest) -> SubmissionZip:
             if info.file_size > MAX_IMAGE_BYTES:
                 raise InputError(f"{where}: declared size {info.file_size} bytes is not a plausible frame (zip bomb?)")
             result.images[index] = name
-            result.sizes[name] = info.file_size
         elif name == sub.network:
             result.network = name
         elif name == sub.weights:
