@@ -431,6 +431,18 @@ def test_a_run_with_a_spent_time_budget_stops_early_finished_and_a_resumed_one_k
     assert weights(parts / "last.pt", "step") == 32 and (parts / "model.pth").is_file()
 
 
+def test_a_planned_run_is_timed_again_where_a_longer_warm_up_ends_and_not_where_the_plan_came_after_it(store, tmp_path):
+    budget = ("--set", "train.iterations=60", "--set", "train.minutes=30")  # all 60 fit: the path is tested, not the clock
+    long_warmup = train(store, tmp_path / "long", *budget, "--set", "train.warmup=45")
+    assert long_warmup.returncode == 0, long_warmup.stderr
+    assert "60 of the recipe's 60 steps fit" in long_warmup.stdout
+    assert "re-timed over the warm-up, 60 steps fit" in long_warmup.stdout
+    assert weights(tmp_path / "long" / "last.pt", "step") == 60
+    short_warmup = train(store, tmp_path / "short", *budget, "--set", "train.warmup=10")  # the rate already follows the plan
+    assert short_warmup.returncode == 0, short_warmup.stderr
+    assert "60 of the recipe's 60 steps fit" in short_warmup.stdout and "re-timed" not in short_warmup.stdout
+
+
 def test_train_lr_fan_in_gives_each_layer_a_rate_inversely_proportional_to_the_channels_it_sums():
     from train.train import parameter_groups
 
