@@ -70,6 +70,16 @@ def test_a_clipped_models_tiles_equal_the_whole_frame(name, stream):
     assert np.abs(infer(model, x, tile=32, noise=level, stream=stream) - whole).max() <= 1e-6
 
 
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "margin-tiles"])
+def test_a_unet_that_adds_its_skips_streams_and_tiles_exactly(stream):
+    model = trained_like("unet", "ksigma", clipped=True, merge="add").double()
+    x = np.random.default_rng(3).random((4, 75, 93)) * 0.6
+    level = (1e-3, 1e-5)
+    whole = infer(model, x, noise=level)
+    assert np.abs(infer(model, x, tile=32, noise=level, stream=stream) - whole).max() <= 1e-6
+    assert (getattr(model, "_receptive_radius", None) is None) == stream  # streamed, not fallen back to margins
+
+
 def test_a_frame_within_one_tile_is_run_whole_without_the_seconds_of_probing_its_margin():
     model = trained_like("unet", "ksigma")
     x = np.random.default_rng(3).random((4, 40, 45)).astype(np.float32) * 0.6  # 48 x 53 with its mirrored border

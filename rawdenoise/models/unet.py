@@ -1,5 +1,9 @@
 """The baseline U-Net: two k x k convolutions per level, max-pool down, transposed-conv up, skips.
 
+The skips join the decoder concatenated (merge="concat", the classic U-Net) or added (merge="add", as
+NAFNet does): adding halves what each decoder level's first convolution reads, a quarter of the whole
+network's compute, and on CPU budgets the steps that buys paid more than the channels it drops.
+
 Self-contained (imports torch only): this file ships as the contest's network.py. The network learns
 the noise residual, out = x + f(x); its last layer starts at zero, so an untrained network returns
 its input (with `clipped`, the clean value whose clipped mean its input is). Padding to a multiple
@@ -115,9 +119,12 @@ class DoubleConv(nn.Module):
 
 class UNet(nn.Module):
     def __init__(self, in_channels: int = 4, widths=(32, 64, 128, 256, 512), kernel: int = 3, noise: str = "none",
-                 clipped: bool = False):
+                 clipped: bool = False, merge: str = "concat"):
         super().__init__()
+        if merge not in ("concat", "add"):
+            raise ValueError(f"merge must be \"concat\" or \"add\", got {merge!r}")
         widths = list(widths)
+        self.merge_mode = merge
         self.depth = len(widths) - 1
         self.noise = noise
         self.conditioning = NoiseConditioning(noise, in_channels, clipped)
@@ -127,7 +134,8 @@ class UNet(nn.Module):
             self.down.append(DoubleConv(c, w, kernel))
             c = w
         self.up = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in range(self.depth))
-        self.merge = nn.ModuleList(DoubleConv(2 * widths[i], widths[i], kernel) for i in range(self.depth))
+        fan = 2 if merge == "concat" else 1
+        self.merge = nn.ModuleList(DoubleConv(fan * widths[i], widths[i], kernel) for i in range(self.depth))
         self.head = nn.Conv2d(widths[0], in_channels, 1)
         # Normalised raw values are small (a dark scene averages a few hundredths), and PyTorch's
         # default biases would swamp them at the start: zero biases let training see the signal
@@ -152,7 +160,8 @@ class UNet(nn.Module):
             # Layer by layer, so that each activation is freed as soon as the next layer has read it
             # (the skip once merged, the merged pair once convolved): a third less memory at full
             # resolution, where tiles spend it.
-            y = torch.cat([self.up[level](y), skips.pop()], dim=1)
+            up = self.up[level](y)
+            y = torch.cat([up, skips.pop()], dim=1) if self.merge_mode == "concat" else up + skips.pop()
             for layer in self.merge[level].body:
                 y = layer(y)
         return self.conditioning.restore((padded + self.head(y) * scale)[..., :h, :w], noise)
