@@ -381,9 +381,10 @@ def main(argv=None) -> int:
                                   fused=device.type in ("cpu", "cuda"))
     iterations, warmup = cfg["iterations"], cfg["warmup"]
     # The run's length: the recipe's iterations, or fewer once train.minutes has planned what fits. The
-    # schedule reads it at every step; the plan comes after PLAN_STEPS steps, so inside any longer
-    # warm-up (the quality recipe's 200), where the rate does not depend on it.
-    plan = {"total": iterations, "planned": False}
+    # schedule reads it at every step; the plan comes after PLAN_STEPS steps, and a longer warm-up (the
+    # quality recipe's 800) re-times it where it ends: until then the rate does not depend on it.
+    # "retime": (time, step, seconds validated so far, one validation's seconds) from the first plan.
+    plan = {"total": iterations, "planned": False, "retime": None}
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: lr_factor(s, warmup, plan["total"], cfg["min_lr_ratio"]))
     step, best, spent_before = 0, {"score": -math.inf, "psnr": -math.inf, "step": -1}, 0.0
     if args.resume:
@@ -451,7 +452,6 @@ def main(argv=None) -> int:
     start_time, running = time.time(), list(state.get("running", [])) if args.resume else []
     first_step, probe_start = step, None
     validating = {"seconds": 0.0}  # spent in the loop's validations, which the re-timing leaves out
-    retime_from = None  # (time, step, validating["seconds"]) where the warm-up's re-timing starts
 
     def spent() -> float:  # training seconds of the whole run, earlier sessions of a resumed one included
         return spent_before + time.time() - start_time
@@ -478,7 +478,6 @@ def main(argv=None) -> int:
 
     def plan_length() -> None:
         """train.minutes: time PLAN_STEPS steps and one validation, then fix the run's length to what fits."""
-        nonlocal retime_from
         step_s = (time.time() - probe_start) / PLAN_STEPS
         val_s = 0.0
         if master and val_frames:
@@ -486,9 +485,8 @@ def main(argv=None) -> int:
             validate(ema, val_frames, contest)
             val_s = time.time() - started
         total = fit_length(step_s, val_s)
-        plan["val_s"] = val_s
         if step < warmup:
-            retime_from = (time.time(), step, validating["seconds"])
+            plan["retime"] = (time.time(), step, validating["seconds"], val_s)
         if master:
             tqdm.write(f"train.minutes = {cfg['minutes']:g}: {total} of the recipe's {iterations} steps fit "
                        f"({step_s:.3f} s a step, validation {val_s:.1f} s every {val_every} steps)")
@@ -501,9 +499,10 @@ def main(argv=None) -> int:
         """The warm-up's end: the plan again, from the steps since it was made. The first steps run slower
         than the rest (the quality recipe planned 0.337 s a step and averaged 0.311: 6 of its 58 minutes
         were left unused), and until now the rate has not depended on the length."""
-        started, from_step, validated = retime_from
+        started, from_step, validated, val_s = plan["retime"]
+        plan["retime"] = None
         step_s = (time.time() - started - (validating["seconds"] - validated)) / (step - from_step)
-        total = fit_length(step_s, plan["val_s"])
+        total = fit_length(step_s, val_s)
         if master:
             tqdm.write(f"train.minutes = {cfg['minutes']:g}: re-timed over the warm-up, {total} steps fit "
                        f"({step_s:.3f} s a step)")
@@ -536,9 +535,8 @@ def main(argv=None) -> int:
                     probe_start = time.time()
                 elif step == first_step + 1 + PLAN_STEPS:
                     plan_length()
-            elif retime_from and step == warmup:
+            elif plan["retime"] and step == warmup:
                 retime_length()
-                retime_from = None
             if not master:
                 continue
             bar.update(1)
