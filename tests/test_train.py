@@ -374,15 +374,6 @@ def test_the_level_weighted_loss_weighs_every_noise_level_alike():
     assert whole == pytest.approx(float(halves), rel=1e-6)
 
 
-def test_a_time_budget_plans_the_steps_that_fit_counting_validation():
-    from train.train import steps_within
-
-    # 90 s left, 2 s of it for the final validation: 88 s at 0.5 s a step plus a 2 s validation every 10
-    assert steps_within(100.0, 10.0, 31, 0.5, 2.0, 10) == 31 + 125
-    assert steps_within(100.0, 10.0, 31, 0.5, 0.0, 10) == 31 + 180  # no validation frames
-    assert steps_within(100.0, 150.0, 31, 0.5, 2.0, 10) == 32  # over budget: one more step, ending on a validation
-
-
 def test_the_ema_forgets_the_untrained_network_in_a_short_run_and_keeps_the_recipes_decay_in_a_long_one():
     from train.train import ema_decay
 
@@ -431,16 +422,15 @@ def test_a_run_with_a_spent_time_budget_stops_early_finished_and_a_resumed_one_k
     assert weights(parts / "last.pt", "step") == 32 and (parts / "model.pth").is_file()
 
 
-def test_a_planned_run_is_timed_again_where_a_longer_warm_up_ends_and_not_where_the_plan_came_after_it(store, tmp_path):
-    budget = ("--set", "train.iterations=60", "--set", "train.minutes=30")  # all 60 fit: the path is tested, not the clock
-    long_warmup = train(store, tmp_path / "long", *budget, "--set", "train.warmup=45")
-    assert long_warmup.returncode == 0, long_warmup.stderr
-    assert "60 of the recipe's 60 steps fit" in long_warmup.stdout
-    assert "re-timed over the warm-up, 60 steps fit" in long_warmup.stdout
-    assert weights(tmp_path / "long" / "last.pt", "step") == 60
-    short_warmup = train(store, tmp_path / "short", *budget, "--set", "train.warmup=10")  # the rate already follows the plan
-    assert short_warmup.returncode == 0, short_warmup.stderr
-    assert "60 of the recipe's 60 steps fit" in short_warmup.stdout and "re-timed" not in short_warmup.stdout
+def test_a_planned_run_plans_again_as_it_goes_and_its_checkpoint_keeps_the_plan(store, tmp_path):
+    budget = ("--set", "train.iterations=100", "--set", "train.minutes=30", "--set", "train.warmup=10")  # all fit
+    result = train(store, tmp_path / "run", *budget)
+    assert result.returncode == 0, result.stderr
+    assert "100 of the recipe's 100 steps fit" in result.stdout and "re-planned" not in result.stdout  # no change to tell
+    plan = weights(tmp_path / "run" / "last.pt", "plan")
+    # planned at step 31 (30 steps timed after the first), again at 61 and 91, each 30 steps on
+    assert plan["planned"] and plan["total"] == 100 and plan["anchor"][0] == 91 and plan["next_plan"] == 121
+    assert weights(tmp_path / "run" / "last.pt", "step") == 100
 
 
 def test_train_lr_fan_in_gives_each_layer_a_rate_inversely_proportional_to_the_channels_it_sums():

@@ -11,8 +11,9 @@ inference.json with what bf16 inference costs those weights (where the device ha
 
 A recipe with train.minutes is a time budget, not a step count: after its first steps the run times
 itself and a validation, and plans the most steps (up to train.iterations) that finish inside the
-budget on this machine; the cosine schedule spans exactly those, and a resumed run keeps the plan.
-A warm-up longer than those first steps re-times the plan at its end, before the rate depends on it.
+budget on this machine; it plans again as it goes, from its pace since the last plan, so a machine
+that speeds up or slows down still ends on time, and the cosine schedule bends to each new length
+without a jump (rawdenoise.time_plan). A resumed run goes on with its plan.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from rawdenoise.patch_store import validation_frames
 from rawdenoise.recipe import describe as describe_recipe_keys
 from rawdenoise.recipe import load_recipe, write_toml
 from rawdenoise.run_folder import load_state_into
+from rawdenoise.time_plan import TimePlan
 from rawdenoise.training_samples import PatchSamples, StepSampler
 from rawdenoise.validation import measure_bf16, validate
 
@@ -73,17 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-PLAN_STEPS = 30  # steps timed, after the first (which pays for start-up), before train.minutes sets the run's length
-
-
-def steps_within(budget_s: float, spent_s: float, step: int, step_s: float, val_s: float, val_every: int) -> int:
-    """How many steps a run at `step`, `spent_s` seconds into a `budget_s` budget, can reach: each further
-    step costs `step_s`, and a validation (`val_s`) follows every `val_every` steps and the last one.
-    At least one more step, so that the run still ends on a validation."""
-    further = (budget_s - spent_s - val_s) / (step_s + val_s / val_every)
-    return step + max(1, math.floor(further))
-
-
 def short_budget_warning(total: int, iterations: int, float32_cpu: bool, float32_recipe: str = "") -> str | None:
     """What a user should know when the budget fits under half of the recipe's steps: its figures were
     measured at its full length, so this machine trains a weaker model (the quality recipe, sized for
@@ -98,14 +89,6 @@ def short_budget_warning(total: int, iterations: int, float32_cpu: bool, float32
                    f"in the same time (./run_all.sh --recipe {float32_recipe})")
     return (f"warning: only {total / iterations:.0%} of the recipe's steps fit its time budget here{why}: "
             f"expect a model short of the figures the recipe was measured at{instead}")
-
-
-def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
-    """Linear warm-up, then cosine decay to `floor` times the base rate."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def fan_in(layer: torch.nn.Module) -> int | None:
@@ -244,7 +227,7 @@ def load_weights(model: torch.nn.Module, path: str | Path, device) -> None:
 def resume_from(path: Path, recipe: dict, model, ema, optimiser, schedule, device) -> dict:
     """Restore a run from its last.pt; the recipe may change anything but the model it trains and
     train.lr_fan_in (the optimiser's groups).
-    -> the checkpoint's step, best, total (its planned length, if train.minutes planned one) and seconds."""
+    -> the checkpoint's step, best, plan (rawdenoise.time_plan's state) and seconds."""
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:
@@ -379,13 +362,11 @@ def main(argv=None) -> int:
     optimiser = torch.optim.AdamW(parameter_groups(model, cfg["lr"], cfg["lr_fan_in"]), lr=cfg["lr"],
                                   betas=(0.9, cfg["beta2"]), weight_decay=cfg["weight_decay"],
                                   fused=device.type in ("cpu", "cuda"))
-    iterations, warmup = cfg["iterations"], cfg["warmup"]
-    # The run's length: the recipe's iterations, or fewer once train.minutes has planned what fits. The
-    # schedule reads it at every step; the plan comes after PLAN_STEPS steps, and a longer warm-up (the
-    # quality recipe's 800) re-times it where it ends: until then the rate does not depend on it.
-    # "retime": (time, step, seconds validated so far, one validation's seconds) from the first plan.
-    plan = {"total": iterations, "planned": False, "retime": None}
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: lr_factor(s, warmup, plan["total"], cfg["min_lr_ratio"]))
+    iterations = cfg["iterations"]
+    # The run's length: the recipe's iterations, or what fits train.minutes, planned and planned again
+    # as the run goes; the schedule reads it at every step.
+    plan = TimePlan(iterations, cfg["warmup"], cfg["min_lr_ratio"], 60 * cfg["minutes"], cfg["val_every"])
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: plan.rate_factor(s))
     step, best, spent_before = 0, {"score": -math.inf, "psnr": -math.inf, "step": -1}, 0.0
     if args.resume:
         state = resume_from(run / "last.pt", recipe, model, ema, optimiser, schedule, device)
@@ -393,8 +374,7 @@ def main(argv=None) -> int:
         changes = changed_keys(state.get("recipe", {}), recipe)
         if master and changes:
             print(f"resuming {run / 'last.pt'} at step {step} with a changed recipe: {'; '.join(changes)}")
-        if state.get("planned"):  # a planned length holds for the whole run
-            plan.update(total=state["total"], planned=True)
+        plan.load_state_dict(state.get("plan") or {"total": state.get("total", iterations), "planned": state.get("planned")})
         rates_at_current_step(schedule)
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
 
@@ -448,10 +428,10 @@ def main(argv=None) -> int:
     if master and cfg["amp"] == "auto":
         tqdm.write(f"train.amp = auto: {'bf16 autocast' if bf16 else 'float32'} on this {device.type.upper()}")
     val_every, log_every, clip, decay = cfg["val_every"], cfg["log_every"], cfg["clip"], cfg["ema"]
-    bar = tqdm(total=plan["total"], initial=step, desc=run.name, unit="step", disable=not master or args.quiet)
+    bar = tqdm(total=plan.total, initial=step, desc=run.name, unit="step", disable=not master or args.quiet)
     start_time, running = time.time(), list(state.get("running", [])) if args.resume else []
-    first_step, probe_start = step, None
-    validating = {"seconds": 0.0}  # spent in the loop's validations, which the re-timing leaves out
+    first_step = step
+    validating = {"seconds": 0.0, "count": 0, "timed": None}  # the loop's validations, which a plan's pace leaves out
 
     def spent() -> float:  # training seconds of the whole run, earlier sessions of a resumed one included
         return spent_before + time.time() - start_time
@@ -460,51 +440,44 @@ def main(argv=None) -> int:
         save_checkpoint(
             path, model=model.state_dict(), ema=ema.state_dict(), optimiser=optimiser.state_dict(),
             schedule=schedule.state_dict(), step=step, best=best, torch_rng=torch.get_rng_state(),
-            recipe=recipe, total=plan["total"], planned=plan["planned"], seconds=spent(),
+            recipe=recipe, plan=plan.state_dict(), seconds=spent(),
             running=list(running),  # the losses of the log row in progress, so a resumed run logs the same mean
         )  # fmt: skip
 
-    def fit_length(step_s: float, val_s: float) -> int:
-        """Fix the run's length to the steps of `step_s` (and validations of `val_s`) that fit train.minutes."""
-        total = min(iterations, steps_within(60 * cfg["minutes"], spent(), step, step_s, val_s, val_every))
+    def replan() -> None:
+        """train.minutes: the most steps that fit, at the pace of the steps since the last plan. The first
+        plan of a session also times a validation (rank 0's; the loop's own time the later ones)."""
+        now = time.time()
+        val_s = 0.0
+        if master and val_frames:
+            if validating["count"]:
+                val_s = validating["seconds"] / validating["count"]
+            else:
+                if validating["timed"] is None:
+                    started = time.time()
+                    validate(ema, val_frames, contest)
+                    validating["timed"] = time.time() - started
+                val_s = validating["timed"]
+        first = not plan.planned
+        total, step_s = plan.propose(step, now, spent(), validating["seconds"], val_s)
         if distributed:  # rank 0's plan, so that every process stops at the same step
             shared = torch.tensor([total], device=device)
             dist.broadcast(shared, 0)
             total = int(shared.item())
-        plan.update(total=total, planned=True)
-        bar.total = total
+        notable = plan.adopt(step, total, time.time(), validating["seconds"])
+        bar.total = plan.total
         bar.refresh()
-        return total
-
-    def plan_length() -> None:
-        """train.minutes: time PLAN_STEPS steps and one validation, then fix the run's length to what fits."""
-        step_s = (time.time() - probe_start) / PLAN_STEPS
-        val_s = 0.0
-        if master and val_frames:
-            started = time.time()
-            validate(ema, val_frames, contest)
-            val_s = time.time() - started
-        total = fit_length(step_s, val_s)
-        if step < warmup:
-            plan["retime"] = (time.time(), step, validating["seconds"], val_s)
-        if master:
-            tqdm.write(f"train.minutes = {cfg['minutes']:g}: {total} of the recipe's {iterations} steps fit "
+        if not master or not notable:
+            return
+        if first:
+            tqdm.write(f"train.minutes = {cfg['minutes']:g}: {plan.total} of the recipe's {iterations} steps fit "
                        f"({step_s:.3f} s a step, validation {val_s:.1f} s every {val_every} steps)")
             float32_cpu = device.type == "cpu" and not precision.bf16_hardware(device)
-            warning = short_budget_warning(total, iterations, float32_cpu, cfg["float32_recipe"])
+            warning = short_budget_warning(plan.total, iterations, float32_cpu, cfg["float32_recipe"])
             if warning:
                 tqdm.write(warning)
-
-    def retime_length() -> None:
-        """The warm-up's end: the plan again, from the steps since it was made. The first steps run slower
-        than the rest (the quality recipe planned 0.337 s a step and averaged 0.311: 6 of its 58 minutes
-        were left unused), and until now the rate has not depended on the length."""
-        started, from_step, validated, val_s = plan["retime"]
-        plan["retime"] = None
-        step_s = (time.time() - started - (validating["seconds"] - validated)) / (step - from_step)
-        total = fit_length(step_s, val_s)
-        if master:
-            tqdm.write(f"train.minutes = {cfg['minutes']:g}: re-timed over the warm-up, {total} steps fit "
+        else:
+            tqdm.write(f"train.minutes = {cfg['minutes']:g}: re-planned at step {step}, {plan.total} steps fit "
                        f"({step_s:.3f} s a step)")
 
     # --- the loop --------------------------------------------------------------------------------
@@ -512,7 +485,7 @@ def main(argv=None) -> int:
     interrupt = StepBoundaryInterrupt()
     try:
         for noisy, gt, noise in loader:
-            if step >= plan["total"] or (args.stop_after is not None and step >= args.stop_after):
+            if step >= plan.total or (args.stop_after is not None and step >= args.stop_after):
                 break
             interrupt.check()  # every rank, before a step begins (rank 0 also checks as one ends)
             noisy = noisy.to(device, dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -530,18 +503,15 @@ def main(argv=None) -> int:
                 torch._foreach_lerp_(ema_params, model_params, 1 - ema_decay(step, decay))
             step += 1
             running.append(loss.item())
-            if cfg["minutes"] and not plan["planned"]:
-                if step == first_step + 1:
-                    probe_start = time.time()
-                elif step == first_step + 1 + PLAN_STEPS:
-                    plan_length()
-            elif plan["retime"] and step == warmup:
-                retime_length()
+            if step == first_step + 1:  # the first step of a session pays for start-up: the pace is timed after it
+                plan.start_timing(step, time.time(), validating["seconds"])
+            elif plan.due(step):
+                replan()
             if not master:
                 continue
             bar.update(1)
             row = None
-            if step % log_every == 0 or step == plan["total"]:
+            if step % log_every == 0 or step == plan.total:
                 mean_loss = float(np.mean(running))
                 running.clear()
                 rate = cfg["lr"] * schedule.lr_lambdas[0](schedule.last_epoch)  # the recipe's; a group may be scaled
@@ -549,10 +519,11 @@ def main(argv=None) -> int:
                 writer.add_scalar("train/loss", mean_loss, step)
                 writer.add_scalar("train/lr", rate, step)
                 row = {"step": step, "loss": mean_loss, "lr": rate}
-            if val_frames and (step % val_every == 0 or step == plan["total"]):
+            if val_frames and (step % val_every == 0 or step == plan.total):
                 started = time.time()
                 psnr, ssim, score = validate(ema, val_frames, contest)
                 validating["seconds"] += time.time() - started
+                validating["count"] += 1
                 writer.add_scalar("val/psnr", psnr, step)
                 writer.add_scalar("val/ssim", ssim, step)
                 writer.add_scalar("val/score", score, step)
@@ -578,11 +549,11 @@ def main(argv=None) -> int:
         bar.close()
 
     # --- export ----------------------------------------------------------------------------------
-    if master and step < plan["total"]:
+    if master and step < plan.total:
         checkpoint(run / "last.pt")
         log.close()
         writer.close()
-        print(f"{run}: stopped at step {step} of {plan['total']}; continue with --resume")
+        print(f"{run}: stopped at step {step} of {plan.total}; continue with --resume")
     elif master:
         checkpoint(run / "last.pt")
         final = torch.load(run / "best.pt", map_location="cpu", weights_only=True)["ema"] if (run / "best.pt").exists() \
