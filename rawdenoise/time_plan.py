@@ -10,8 +10,8 @@ down after the plan overruns the budget, and the quality recipe promises at most
 The rate: a linear warm-up, then a cosine decay to `floor` over the steps after it. A new length
 spreads the decay still to come over the steps now left (the schedule keeps an anchor, the decay's
 progress at the step of the last change), so the rate never jumps; under one plan it is exactly the
-cosine from the warm-up's end to the last step. A run without a budget is planned once, at
-train.iterations, and never again.
+cosine from the warm-up's end to the last step. A run without a budget keeps its length: the
+recipe's train.iterations (or the length a resumed run had planned).
 
 The plan decides nothing from the clock by itself: `propose` turns a measurement into a length and
 `adopt` takes the one every process agrees on (under torchrun, rank 0's, broadcast by the caller), at
@@ -67,7 +67,8 @@ class TimePlan:
             self.next_plan = max(self.next_plan or 0, step + PLAN_STEPS)
 
     def due(self, step: int) -> bool:
-        return bool(self.budget_s) and self.window is not None and step == self.next_plan
+        # not on the last step: the run ends there, and a longer plan would outrun the data (train.iterations)
+        return bool(self.budget_s) and self.window is not None and step == self.next_plan and step < self.total
 
     def propose(self, step: int, now: float, spent_s: float, validated_s: float, val_s: float) -> tuple[int, float]:
         """-> (the most steps that fit the budget at the pace of the steps since the last plan, that pace).
@@ -75,6 +76,7 @@ class TimePlan:
         validation's."""
         from_step, started, validated_before = self.window
         step_s = (now - started - (validated_s - validated_before)) / max(1, step - from_step)
+        step_s = max(step_s, 1e-6)  # a clock that stepped back (monotonic clocks do not) must not end the run
         return min(self.iterations, steps_within(self.budget_s, spent_s, step, step_s, val_s, self.val_every)), step_s
 
     def adopt(self, step: int, total: int, now: float, validated_s: float) -> str | None:
@@ -83,7 +85,7 @@ class TimePlan:
         if step > self.warmup:  # the decay has begun: what is left of it spreads over the new remaining steps
             self.anchor = (step, self.progress(step))
         first = not self.planned
-        self.total, self.planned = max(total, step + 1), True
+        self.total, self.planned = max(total, min(step + 1, self.iterations)), True
         self.window = (step, now, validated_s)
         self.next_plan = step + max(PLAN_STEPS, self.total // REPLANS)
         if first or abs(self.total - self.printed) > NOTABLE * self.printed:

@@ -14,7 +14,7 @@ def simulate(pace, budget_s: float, iterations: int = 100_000, stop_at: int | No
     factor, the plan's first length)."""
     plan = plan or TimePlan(iterations, WARMUP, FLOOR, budget_s, VAL_EVERY)
     now, validated, factors, first_length, session_start = clock, 0.0, [], None, step
-    while step < plan.total and (stop_at is None or step < stop_at):
+    while step < min(plan.total, plan.iterations) and (stop_at is None or step < stop_at):  # the loader's steps end there
         factors.append(plan.rate_factor(step))
         now += pace(step)
         step += 1
@@ -56,6 +56,12 @@ def test_the_rate_bends_to_each_new_length_without_a_jump_and_ends_on_its_floor(
     assert abs(decay[0] - 1) < 1e-12 and all(s <= 0 for s in steps)  # it only falls once the warm-up is over
     assert max(-s for s in steps) < 3 * (1 - FLOOR) * math.pi / 2 / len(decay)  # no jump: about the cosine's own slope
     assert decay[-1] - FLOOR < 1e-5
+
+
+def test_a_plan_never_outgrows_the_recipes_steps_even_where_a_plan_falls_on_the_last_one():
+    for iterations in (91, 100, 121):  # plans at steps 31, 61, 91, 121: the run must still end on its own last step
+        plan, step, _, _, _ = simulate(lambda k: 0.01, budget_s=3600, iterations=iterations)
+        assert step == plan.total == iterations
 
 
 def test_one_plan_is_the_cosine_from_the_warm_up_to_the_last_step():

@@ -208,6 +208,11 @@ def test_torchrun_processes_share_rank_zeros_planned_length(store, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "32 of the recipe's 200 steps fit" in result.stdout
     assert weights(run / "last.pt", "step") == 32 and (run / "model.pth").is_file()
+    again = tmp_path / "again"  # every process plans again at the same steps (31, 61, 91), each a broadcast
+    result = train(store, again, "--set", "train.iterations=100", "--set", "train.minutes=30", launcher=torchrun)
+    assert result.returncode == 0, result.stderr
+    plan = weights(again / "last.pt", "plan")
+    assert plan["total"] == 100 and plan["next_plan"] == 121 and (again / "model.pth").is_file()
 
 
 def test_bad_recipes_and_overrides_are_clear(store, tmp_path):
@@ -416,7 +421,7 @@ def test_a_run_with_a_spent_time_budget_stops_early_finished_and_a_resumed_one_k
     first = train(store, parts, *budget, "--stop-after", "31")  # stopped right after the plan
     assert first.returncode == 0, first.stderr
     assert "stopped at step 31 of 32" in first.stdout and not (parts / "model.pth").exists()
-    second = train(store, parts, *budget, "--resume")  # not planned again: 200 steps would be re-timed
+    second = train(store, parts, *budget, "--resume")  # its plan goes on: ends at 32, before any plan could come
     assert second.returncode == 0, second.stderr
     assert "steps fit" not in second.stdout
     assert weights(parts / "last.pt", "step") == 32 and (parts / "model.pth").is_file()

@@ -447,16 +447,16 @@ def main(argv=None) -> int:
     def replan() -> None:
         """train.minutes: the most steps that fit, at the pace of the steps since the last plan. The first
         plan of a session also times a validation (rank 0's; the loop's own time the later ones)."""
-        now = time.time()
+        now = time.monotonic()  # the pace's clock: one that never steps back (spent() is the budget's)
         val_s = 0.0
         if master and val_frames:
             if validating["count"]:
                 val_s = validating["seconds"] / validating["count"]
             else:
                 if validating["timed"] is None:
-                    started = time.time()
+                    started = time.monotonic()
                     validate(ema, val_frames, contest)
-                    validating["timed"] = time.time() - started
+                    validating["timed"] = time.monotonic() - started
                 val_s = validating["timed"]
         first = not plan.planned
         total, step_s = plan.propose(step, now, spent(), validating["seconds"], val_s)
@@ -464,7 +464,7 @@ def main(argv=None) -> int:
             shared = torch.tensor([total], device=device)
             dist.broadcast(shared, 0)
             total = int(shared.item())
-        notable = plan.adopt(step, total, time.time(), validating["seconds"])
+        notable = plan.adopt(step, total, time.monotonic(), validating["seconds"])
         bar.total = plan.total
         bar.refresh()
         if not master or not notable:
@@ -504,7 +504,7 @@ def main(argv=None) -> int:
             step += 1
             running.append(loss.item())
             if step == first_step + 1:  # the first step of a session pays for start-up: the pace is timed after it
-                plan.start_timing(step, time.time(), validating["seconds"])
+                plan.start_timing(step, time.monotonic(), validating["seconds"])
             elif plan.due(step):
                 replan()
             if not master:
@@ -520,10 +520,8 @@ def main(argv=None) -> int:
                 writer.add_scalar("train/lr", rate, step)
                 row = {"step": step, "loss": mean_loss, "lr": rate}
             if val_frames and (step % val_every == 0 or step == plan.total):
-                started = time.time()
+                started = time.monotonic()
                 psnr, ssim, score = validate(ema, val_frames, contest)
-                validating["seconds"] += time.time() - started
-                validating["count"] += 1
                 writer.add_scalar("val/psnr", psnr, step)
                 writer.add_scalar("val/ssim", ssim, step)
                 writer.add_scalar("val/score", score, step)
@@ -533,6 +531,8 @@ def main(argv=None) -> int:
                     best = {"score": score, "psnr": psnr, "step": step}
                     checkpoint(run / "best.pt")
                 checkpoint(run / "last.pt")
+                validating["seconds"] += time.monotonic() - started  # its checkpoints too: not the steps' pace
+                validating["count"] += 1
             if row:
                 log_rows.writerow({**row, "seconds": round(spent(), 2)})  # the whole run's, resumed sessions included
                 log.flush()
