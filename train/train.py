@@ -5,7 +5,7 @@
     torchrun --nproc_per_node=2 -- train/train.py --config configs/train/convnext_unet.toml --patches DIR
 
 Writes runs/NAME/: config.toml (the resolved recipe), last.pt and best.pt (model, EMA, optimiser,
-scheduler, step, the planned length), log.csv, tb/ (TensorBoard), curves.png and, only once training
+scheduler, step, the time plan), log.csv, tb/ (TensorBoard), curves.png and, only once training
 has finished, model.pth: the EMA weights of the best validation step as a plain state_dict, and
 inference.json with what bf16 inference costs those weights (where the device has bf16).
 
