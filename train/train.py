@@ -458,18 +458,17 @@ def main(argv=None) -> int:
                     validate(ema, val_frames, contest)
                     validating["timed"] = time.monotonic() - started
                 val_s = validating["timed"]
-        first = not plan.planned
         total, step_s = plan.propose(step, now, spent(), validating["seconds"], val_s)
         if distributed:  # rank 0's plan, so that every process stops at the same step
             shared = torch.tensor([total], device=device)
             dist.broadcast(shared, 0)
             total = int(shared.item())
-        notable = plan.adopt(step, total, time.monotonic(), validating["seconds"])
+        said = plan.adopt(step, total, time.monotonic(), validating["seconds"])  # "planned", "re-planned" or None
         bar.total = plan.total
         bar.refresh()
-        if not master or not notable:
+        if not master or said is None:
             return
-        if first:
+        if said == "planned":
             tqdm.write(f"train.minutes = {cfg['minutes']:g}: {plan.total} of the recipe's {iterations} steps fit "
                        f"({step_s:.3f} s a step, validation {val_s:.1f} s every {val_every} steps)")
             float32_cpu = device.type == "cpu" and not precision.bf16_hardware(device)
