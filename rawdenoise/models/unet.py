@@ -1,7 +1,7 @@
 """The baseline U-Net: two k x k convolutions per level, max-pool down, transposed-conv up, skips.
 
 The skips join the decoder concatenated (merge="concat", the classic U-Net) or added (merge="add", as
-NAFNet does): adding halves what each decoder level's first convolution reads, a quarter of the whole
+NAFNet does): adding halves what each decoder level's first convolution reads, a fifth of the whole
 network's compute. In this normalisation-free network the sums train spikier, but at Adam's beta2 of
 0.95 each spike passed within tens of steps, and the quality recipe, which adds them, predicts a fifth
 faster for as good a model (README, the quality recipe against BM3D); the others concatenate.
