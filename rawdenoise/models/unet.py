@@ -3,8 +3,8 @@
 The skips join the decoder concatenated (merge="concat", the classic U-Net) or added (merge="add", as
 NAFNet does): adding halves what each decoder level's first convolution reads, a fifth of the whole
 network's compute. In this normalisation-free network the sums train spikier, but at Adam's beta2 of
-0.95 each spike passed within tens of steps, and the quality recipe, which adds them, predicts a fifth
-faster for as good a model (README, the quality recipe against BM3D); the others concatenate.
+0.95 each spike passed within tens of steps, and added they made as good a model a fifth faster (README,
+the quality recipe against BM3D): the demo and quality recipes add them; the others concatenate.
 
 Self-contained (imports torch only): this file ships as the contest's network.py. The network learns
 the noise residual, out = x + f(x); its last layer starts at zero, so an untrained network returns
