@@ -119,6 +119,34 @@ def test_a_unet_can_add_its_skips_instead_of_concatenating_them():
         build_model("unet", widths=widths, merge="sum")
 
 
+def test_identity_init_adds_a_dirac_delta_to_each_channel_keeping_convolution_and_nothing_else():
+    """identity_init changes where training starts, not the model: the same parameters (so a model.pth
+    loads either way), each convolution that keeps its width starting as the identity plus the very
+    random weights it had without, every other layer untouched, and the untrained network still its input."""
+    widths = [8, 16, 32]
+    torch.manual_seed(0)
+    plain = build_model("unet", widths=widths, noise="ksigma", merge="add")
+    torch.manual_seed(0)
+    started = build_model("unet", widths=widths, noise="ksigma", merge="add", identity_init=True)
+    plain_state, started_state = plain.state_dict(), started.state_dict()
+    assert plain_state.keys() == started_state.keys()
+    shifted = 0
+    for name, module in started.named_modules():
+        if not isinstance(module, torch.nn.Conv2d):
+            continue
+        difference = started_state[f"{name}.weight"] - plain_state[f"{name}.weight"]
+        if module.in_channels == module.out_channels and module.kernel_size == (3, 3):
+            delta = torch.nn.init.dirac_(torch.empty_like(difference))  # (w + 1) - w: 1 within float32's rounding
+            torch.testing.assert_close(difference, delta, rtol=0, atol=1e-6, msg=name)
+            shifted += 1
+        else:
+            assert not difference.any(), name
+    assert shifted == len(widths) + 2 * (len(widths) - 1)  # each level's second convolution, both of each merge
+    x = torch.rand(2, 4, 17, 29)
+    with torch.no_grad():
+        assert torch.equal(started(x, NOISE.expand(2, 2)), x)
+
+
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_model_files_are_self_contained(name):
     tree = ast.parse(source_file(name).read_text())

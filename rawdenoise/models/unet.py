@@ -6,6 +6,12 @@ network's compute. In this normalisation-free network the sums train spikier, bu
 0.95 each spike passed within tens of steps, and added they made as good a model a fifth faster (README,
 the quality recipe against BM3D): the demo and quality recipes add them; the others concatenate.
 
+`identity_init` starts each convolution that keeps its channel count as the identity plus its random
+init (a Dirac delta added to the weights): a plain stack of some twenty convolutions then starts by
+passing its features through, as a residual network does, and trains faster with the same weights at
+inference (on held-out split 2 the demo recipe in the same 300 s gained 0.08 / 0.12 dB at seeds 0 / 1:
+README, The CPU recipes). An initialisation only: weights load into a model built either way.
+
 Self-contained (imports torch only): this file ships as the contest's network.py. The network learns
 the noise residual, out = x + f(x); its last layer starts at zero, so an untrained network returns
 its input (with `clipped`, the clean value whose clipped mean its input is). Padding to a multiple
@@ -106,7 +112,7 @@ class NoiseConditioning(nn.Module):
 
 
 class DoubleConv(nn.Module):
-    def __init__(self, c_in: int, c_out: int, kernel: int):
+    def __init__(self, c_in: int, c_out: int, kernel: int, identity_init: bool = False):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2),
@@ -114,6 +120,11 @@ class DoubleConv(nn.Module):
             nn.Conv2d(c_out, c_out, kernel, padding=kernel // 2),
             nn.LeakyReLU(0.2, inplace=True),
         )
+        if identity_init:
+            for conv in self.body:
+                if isinstance(conv, nn.Conv2d) and conv.in_channels == conv.out_channels:
+                    with torch.no_grad():  # a Dirac delta on top of the random init: y = x + W x at the start
+                        conv.weight.add_(nn.init.dirac_(torch.empty_like(conv.weight)))
 
     def forward(self, x):
         return self.body(x)
@@ -121,7 +132,7 @@ class DoubleConv(nn.Module):
 
 class UNet(nn.Module):
     def __init__(self, in_channels: int = 4, widths=(32, 64, 128, 256, 512), kernel: int = 3, noise: str = "none",
-                 clipped: bool = False, merge: str = "concat"):
+                 clipped: bool = False, merge: str = "concat", identity_init: bool = False):
         super().__init__()
         if merge not in ("concat", "add"):
             raise ValueError(f"merge must be \"concat\" or \"add\", got {merge!r}")
@@ -133,11 +144,11 @@ class UNet(nn.Module):
         self.down = nn.ModuleList()
         c = in_channels + self.conditioning.extra_channels
         for w in widths:
-            self.down.append(DoubleConv(c, w, kernel))
+            self.down.append(DoubleConv(c, w, kernel, identity_init))
             c = w
         self.up = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in range(self.depth))
         fan = 2 if merge == "concat" else 1
-        self.merge = nn.ModuleList(DoubleConv(fan * widths[i], widths[i], kernel) for i in range(self.depth))
+        self.merge = nn.ModuleList(DoubleConv(fan * widths[i], widths[i], kernel, identity_init) for i in range(self.depth))
         self.head = nn.Conv2d(widths[0], in_channels, 1)
         # Normalised raw values are small (a dark scene averages a few hundredths), and PyTorch's
         # default biases would swamp them at the start: zero biases let training see the signal
