@@ -119,32 +119,48 @@ def test_a_unet_can_add_its_skips_instead_of_concatenating_them():
         build_model("unet", widths=widths, merge="sum")
 
 
-def test_identity_init_adds_a_dirac_delta_to_each_channel_keeping_convolution_and_nothing_else():
+def _dirac(weight: torch.Tensor) -> torch.Tensor:
+    return torch.nn.init.dirac_(torch.empty_like(weight))
+
+
+@pytest.mark.parametrize("mode", ["same", "all"])
+def test_identity_init_adds_the_identity_to_the_convolutions_it_names_and_nothing_else(mode):
     """identity_init changes where training starts, not the model: the same parameters (so a model.pth
-    loads either way), each convolution that keeps its width starting as the identity plus the very
-    random weights it had without, every other layer untouched, and the untrained network still its input."""
+    loads either way), each convolution it names starting as the identity plus the very random weights
+    it had without ("same": those that keep their width; "all": every k x k one, and each transposed
+    convolution up as nearest-neighbour upsampling), every other layer untouched, and the untrained
+    network still its input."""
     widths = [8, 16, 32]
     torch.manual_seed(0)
     plain = build_model("unet", widths=widths, noise="ksigma", merge="add")
     torch.manual_seed(0)
-    started = build_model("unet", widths=widths, noise="ksigma", merge="add", identity_init=True)
+    started = build_model("unet", widths=widths, noise="ksigma", merge="add", identity_init=mode)
     plain_state, started_state = plain.state_dict(), started.state_dict()
     assert plain_state.keys() == started_state.keys()
     shifted = 0
     for name, module in started.named_modules():
-        if not isinstance(module, torch.nn.Conv2d):
+        if not isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
             continue
+        # (w + 1) - w: 1 within float32's rounding
         difference = started_state[f"{name}.weight"] - plain_state[f"{name}.weight"]
-        if module.in_channels == module.out_channels and module.kernel_size == (3, 3):
-            delta = torch.nn.init.dirac_(torch.empty_like(difference))  # (w + 1) - w: 1 within float32's rounding
-            torch.testing.assert_close(difference, delta, rtol=0, atol=1e-6, msg=name)
-            shifted += 1
+        if isinstance(module, torch.nn.ConvTranspose2d):
+            expected = torch.zeros_like(difference)
+            if mode == "all":
+                expected[range(module.out_channels), range(module.out_channels)] = 1  # (in, out, 2, 2)
+        elif module.kernel_size == (3, 3) and (mode == "all" or module.in_channels == module.out_channels):
+            expected = _dirac(difference)
         else:
-            assert not difference.any(), name
-    assert shifted == len(widths) + 2 * (len(widths) - 1)  # each level's second convolution, both of each merge
+            expected = torch.zeros_like(difference)
+        torch.testing.assert_close(difference, expected, rtol=0, atol=1e-6, msg=name)
+        shifted += bool(expected.any())
+    levels = len(widths)
+    # "same": each level's second convolution and both of each decoder level's; "all": every 3x3 and each up
+    assert shifted == {"same": levels + 2 * (levels - 1), "all": 2 * levels + 3 * (levels - 1)}[mode]
     x = torch.rand(2, 4, 17, 29)
     with torch.no_grad():
         assert torch.equal(started(x, NOISE.expand(2, 2)), x)
+    with pytest.raises(InputError, match="identity_init"):
+        build_model("unet", widths=widths, identity_init=True)
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
