@@ -160,7 +160,8 @@ def test_identity_init_adds_the_identity_to_the_convolutions_it_names_and_nothin
     with torch.no_grad():
         assert torch.equal(started(x, NOISE.expand(2, 2)), x)
     with pytest.raises(InputError, match="identity_init"):
-        build_model("unet", widths=widths, identity_init=True)
+        build_model("unet", widths=widths, identity_init="sum")
+    assert build_model("unet", widths=widths, identity_init=True).conditioning is not None  # a run from when it was a switch
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))

@@ -142,6 +142,8 @@ class UNet(nn.Module):
         super().__init__()
         if merge not in ("concat", "add"):
             raise ValueError(f"merge must be \"concat\" or \"add\", got {merge!r}")
+        if isinstance(identity_init, bool):  # runs trained when the option was a switch: true meant "same"
+            identity_init = "same" if identity_init else "none"
         if identity_init not in IDENTITY_INITS:
             raise ValueError(f"identity_init must be one of {', '.join(map(repr, IDENTITY_INITS))}, got {identity_init!r}")
         widths = list(widths)
