@@ -119,10 +119,6 @@ def test_a_unet_can_add_its_skips_instead_of_concatenating_them():
         build_model("unet", widths=widths, merge="sum")
 
 
-def _dirac(weight: torch.Tensor) -> torch.Tensor:
-    return torch.nn.init.dirac_(torch.empty_like(weight))
-
-
 @pytest.mark.parametrize("mode", ["same", "all"])
 def test_identity_init_adds_the_identity_to_the_convolutions_it_names_and_nothing_else(mode):
     """identity_init changes where training starts, not the model: the same parameters (so a model.pth
@@ -148,7 +144,7 @@ def test_identity_init_adds_the_identity_to_the_convolutions_it_names_and_nothin
             if mode == "all":
                 expected[range(module.out_channels), range(module.out_channels)] = 1  # (in, out, 2, 2)
         elif module.kernel_size == (3, 3) and (mode == "all" or module.in_channels == module.out_channels):
-            expected = _dirac(difference)
+            expected = torch.nn.init.dirac_(torch.empty_like(difference))
         else:
             expected = torch.zeros_like(difference)
         torch.testing.assert_close(difference, expected, rtol=0, atol=1e-6, msg=name)
@@ -161,7 +157,17 @@ def test_identity_init_adds_the_identity_to_the_convolutions_it_names_and_nothin
         assert torch.equal(started(x, NOISE.expand(2, 2)), x)
     with pytest.raises(InputError, match="identity_init"):
         build_model("unet", widths=widths, identity_init="sum")
-    assert build_model("unet", widths=widths, identity_init=True).conditioning is not None  # a run from when it was a switch
+
+
+@pytest.mark.parametrize("switch, mode", [(True, "same"), (False, "none")])
+def test_identity_init_from_a_run_trained_when_it_was_a_switch_builds_as_it_did(switch, mode):
+    """Run folders from when identity_init was true/false rebuild their model from config.toml: they
+    must build (predict, pack and resume) with the init they trained from."""
+    built = []
+    for value in (switch, mode):
+        torch.manual_seed(0)
+        built.append(build_model("unet", widths=[8, 16, 32], noise="ksigma", merge="add", identity_init=value).state_dict())
+    assert all(torch.equal(built[0][k], built[1][k]) for k in built[1])
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
